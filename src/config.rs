@@ -1,0 +1,549 @@
+//! Configuration: `broker.toml` holds rumqttd's own sections (its schema, passed through) and smarthub's
+//! typed sections. rumqttd accepts unknown keys silently, so [`Config::validate`] checks its part by hand.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The configuration built into the binary (`smarthub print-default-config`).
+pub const DEFAULT_CONFIG: &str = include_str!("../broker.toml");
+
+/// Top-level keys that belong to rumqttd's `Config`.
+const RUMQTTD_KEYS: &[&str] = &[
+    "id",
+    "router",
+    "v4",
+    "v5",
+    "ws",
+    "cluster",
+    "console",
+    "bridge",
+    "prometheus",
+    "metrics",
+];
+const OUR_SECTIONS: &[&str] = &["hub", "http", "storage", "door", "mqtt_auth"];
+const ROUTER_KEYS: &[&str] = &[
+    "max_connections",
+    "max_outgoing_packet_count",
+    "max_segment_size",
+    "max_segment_count",
+    "custom_segment",
+    "initialized_filters",
+    "shared_subscriptions_strategy",
+];
+const SERVER_KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "tls",
+    "next_connection_delay_ms",
+    "connections",
+];
+const CONNECTION_KEYS: &[&str] = &[
+    "connection_timeout_ms",
+    "max_payload_size",
+    "max_inflight_count",
+    "auth",
+    "dynamic_filters",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: not valid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{origin}: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid {
+        origin: String,
+        problems: Vec<String>,
+    },
+}
+
+/// `[hub]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubSection {
+    /// Prefix of every topic the hub uses. Default `smarthub`.
+    pub base_topic: String,
+    /// Highest fan level a command may set. Default 3.
+    pub max_fan_level: u8,
+    /// Readings stamped further in the future than this are refused. Default 300.
+    pub max_future_skew_s: u64,
+    /// Refusal log lines allowed per minute. Default 20.
+    pub rejection_log_per_minute: u32,
+}
+
+impl Default for HubSection {
+    fn default() -> Self {
+        HubSection {
+            base_topic: "smarthub".into(),
+            max_fan_level: 3,
+            max_future_skew_s: 300,
+            rejection_log_per_minute: 20,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Address of the REST API. Default `0.0.0.0:8000`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "0.0.0.0:8000".parse().expect("literal address"),
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Longest a queued reading waits for its commit. Default 100.
+    pub commit_interval_ms: u64,
+    /// Most rows in one commit. Default 2000.
+    pub commit_max_rows: usize,
+    /// Rows kept for retry after a failed write. Default 200000.
+    pub retry_buffer_rows: usize,
+    /// Readings older than this are pruned nightly; 0 keeps everything. Default 0.
+    pub retention_days: u32,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            commit_interval_ms: 100,
+            commit_max_rows: 2000,
+            retry_buffer_rows: 200_000,
+            retention_days: 0,
+        }
+    }
+}
+
+/// `[door]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DoorSection {
+    /// File whose first line is the PIN; empty: `$CREDENTIALS_DIRECTORY/door_pin`, else "1234".
+    pub pin_file: String,
+    /// Wrong PINs within `failure_window_s` that lock the door. Default 5.
+    pub max_failures: u32,
+    /// Default 300.
+    pub failure_window_s: u64,
+    /// How long opening stays refused. Default 300.
+    pub lockout_s: u64,
+}
+
+impl Default for DoorSection {
+    fn default() -> Self {
+        DoorSection {
+            pin_file: String::new(),
+            max_failures: 5,
+            failure_window_s: 300,
+            lockout_s: 300,
+        }
+    }
+}
+
+/// `[mqtt_auth]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttAuthSection {
+    /// File of `user:argon2-hash` lines; empty means anonymous MQTT.
+    pub password_file: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OurSections {
+    #[serde(default)]
+    hub: HubSection,
+    #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
+    storage: StorageSection,
+    #[serde(default)]
+    door: DoorSection,
+    #[serde(default)]
+    mqtt_auth: MqttAuthSection,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub broker: rumqttd::Config,
+    pub hub: HubSection,
+    pub http: HttpSection,
+    pub storage: StorageSection,
+    pub door: DoorSection,
+    pub mqtt_auth: MqttAuthSection,
+}
+
+impl Config {
+    /// The built-in default.
+    pub fn default_config() -> Config {
+        Config::parse(DEFAULT_CONFIG, "built-in default config")
+            .expect("the built-in config is valid")
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text, then reports every problem at once.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut problems = Vec::new();
+        let mut ours = toml::Table::new();
+        let mut theirs = toml::Table::new();
+        for (key, value) in table {
+            if OUR_SECTIONS.contains(&key.as_str()) {
+                ours.insert(key, value);
+            } else if RUMQTTD_KEYS.contains(&key.as_str()) {
+                theirs.insert(key, value);
+            } else {
+                problems.push(format!(
+                    "unknown top-level key `{key}` (smarthub sections: {}; rumqttd keys: {})",
+                    OUR_SECTIONS.join(", "),
+                    RUMQTTD_KEYS.join(", ")
+                ));
+            }
+        }
+        check_rumqttd_keys(&theirs, &mut problems);
+        let our: OurSections = match ours.try_into() {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(e.to_string().trim().to_owned());
+                OurSections::default()
+            }
+        };
+        let mut broker_parsed = true;
+        let broker: rumqttd::Config = match theirs.try_into() {
+            Ok(v) => v,
+            Err(e) => {
+                broker_parsed = false;
+                problems.push(format!("rumqttd section: {}", e.to_string().trim()));
+                rumqttd::Config::default()
+            }
+        };
+        let config = Config {
+            broker,
+            hub: our.hub,
+            http: our.http,
+            storage: our.storage,
+            door: our.door,
+            mqtt_auth: our.mqtt_auth,
+        };
+        // Semantic checks also run beside syntax problems, so one run lists everything; they would
+        // only invent problems about a rumqttd section that did not parse.
+        if broker_parsed {
+            problems.extend(config.validate());
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Semantic checks, including what rumqttd would accept and then misbehave on.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let router = &self.broker.router;
+        if router.max_segment_size < 64 * 1024 {
+            problems.push(format!(
+                "router.max_segment_size = {}: at least 65536 bytes are needed (rumqttd panics below 1024, and a small log loses bursts)",
+                router.max_segment_size
+            ));
+        }
+        if router.max_segment_count < 2 {
+            problems.push(format!(
+                "router.max_segment_count = {}: use at least 2 (with 1, rumqttd drops the segment its readers are still in)",
+                router.max_segment_count
+            ));
+        }
+        if router.max_connections == 0 {
+            problems.push("router.max_connections = 0: no client could connect".into());
+        }
+        if let Some(custom) = &router.custom_segment {
+            for (filter, seg) in custom {
+                if seg.max_segment_size < 64 * 1024 || seg.max_segment_count < 2 {
+                    problems.push(format!(
+                        "router.custom_segment.'{filter}': use max_segment_size >= 65536 and max_segment_count >= 2"
+                    ));
+                }
+            }
+        }
+        match &self.broker.v4 {
+            Some(servers) if !servers.is_empty() => {}
+            _ => problems.push(
+                "no [v4.*] listener: MQTT 3.1.1 is required (sensors and Home Assistant use it)"
+                    .into(),
+            ),
+        }
+        let mut names = BTreeSet::new();
+        for (proto, servers) in [("v4", &self.broker.v4), ("v5", &self.broker.v5)] {
+            for (key, server) in servers.iter().flatten() {
+                if !names.insert(server.name.clone()) {
+                    problems.push(format!(
+                        "{proto}.{key}.name = \"{}\" is used twice",
+                        server.name
+                    ));
+                }
+                if server.tls.is_some() {
+                    problems.push(format!(
+                        "{proto}.{key}.tls: this build has no TLS support; rumqttd would silently serve plain MQTT. Terminate TLS in front of the hub instead"
+                    ));
+                }
+                if server.connections.auth.is_some() {
+                    problems.push(format!(
+                        "{proto}.{key}.connections.auth: plaintext passwords are refused; use [mqtt_auth] password_file (see `smarthub passwd`)"
+                    ));
+                }
+                if server.connections.max_payload_size < 1024 {
+                    problems.push(format!(
+                        "{proto}.{key}.connections.max_payload_size = {}: at least 1024 bytes are needed",
+                        server.connections.max_payload_size
+                    ));
+                }
+                if server.connections.max_inflight_count == 0 {
+                    problems.push(format!(
+                        "{proto}.{key}.connections.max_inflight_count = 0: QoS 1 could never flow"
+                    ));
+                }
+            }
+        }
+        if self.broker.console.is_some() {
+            problems.push(
+                "[console]: rumqttd's console is unauthenticated and can reconfigure the broker; remove it".into(),
+            );
+        }
+        if self.broker.ws.is_some() {
+            problems.push(
+                "[ws.*]: websocket listeners are not compiled into smarthub; remove them".into(),
+            );
+        }
+        if self.broker.prometheus.is_some() {
+            problems.push(
+                "[prometheus]: rumqttd's metrics listener is not used; smarthub serves /metrics on its HTTP port".into(),
+            );
+        }
+        if self.broker.bridge.is_some() || self.broker.cluster.is_some() {
+            problems.push("[bridge] and [cluster] are not supported by smarthub".into());
+        }
+        let base = &self.hub.base_topic;
+        if base.is_empty()
+            || base.starts_with('$')
+            || base.contains(['+', '#', '\0'])
+            || base.starts_with('/')
+            || base.ends_with('/')
+        {
+            problems.push(format!(
+                "hub.base_topic = \"{base}\": use a plain topic prefix without wildcards, `$`, or leading/trailing `/`"
+            ));
+        }
+        if self.hub.max_fan_level == 0 || self.hub.max_fan_level > 10 {
+            problems.push(format!(
+                "hub.max_fan_level = {}: use 1..=10",
+                self.hub.max_fan_level
+            ));
+        }
+        if self.storage.commit_max_rows == 0 {
+            problems.push("storage.commit_max_rows = 0: use at least 1".into());
+        }
+        if self.storage.commit_interval_ms == 0 {
+            problems.push("storage.commit_interval_ms = 0: use at least 1".into());
+        }
+        if self.door.max_failures == 0 {
+            problems.push("door.max_failures = 0: use at least 1".into());
+        }
+        if !self.door.pin_file.is_empty() && !Path::new(&self.door.pin_file).is_file() {
+            problems.push(format!(
+                "door.pin_file = \"{}\": no such file",
+                self.door.pin_file
+            ));
+        }
+        if !self.mqtt_auth.password_file.is_empty()
+            && !Path::new(&self.mqtt_auth.password_file).is_file()
+        {
+            problems.push(format!(
+                "mqtt_auth.password_file = \"{}\": no such file (create it with `smarthub passwd FILE USER`)",
+                self.mqtt_auth.password_file
+            ));
+        }
+        problems
+    }
+
+    /// Addresses of every MQTT listener, with the protocol name.
+    pub fn mqtt_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut out = Vec::new();
+        for (proto, servers) in [("MQTT 3.1.1", &self.broker.v4), ("MQTT 5", &self.broker.v5)] {
+            for server in servers.iter().flat_map(|s| s.values()) {
+                out.push((proto, server.listen));
+            }
+        }
+        out
+    }
+
+    /// `--mqtt-listen`: sets the address of the (single) MQTT 3.1.1 listener.
+    pub fn set_mqtt_listen(&mut self, addr: SocketAddr) -> Result<(), String> {
+        match self.broker.v4.as_mut() {
+            Some(servers) if servers.len() == 1 => {
+                servers.values_mut().for_each(|s| s.listen = addr);
+                Ok(())
+            }
+            _ => Err("--mqtt-listen needs exactly one [v4.*] listener in the config".into()),
+        }
+    }
+
+    /// `--mqtt5-listen`: enables MQTT 5 on `addr` (copying the 3.1.1 listener's connection settings).
+    pub fn set_mqtt5_listen(&mut self, addr: SocketAddr) -> Result<(), String> {
+        if let Some(servers) = self.broker.v5.as_mut() {
+            if servers.len() != 1 {
+                return Err(
+                    "--mqtt5-listen needs at most one [v5.*] listener in the config".into(),
+                );
+            }
+            servers.values_mut().for_each(|s| s.listen = addr);
+            return Ok(());
+        }
+        let template = self
+            .broker
+            .v4
+            .as_ref()
+            .and_then(|s| s.values().next())
+            .cloned()
+            .ok_or("--mqtt5-listen needs a [v4.*] listener to copy settings from")?;
+        let mut server = template;
+        server.name = "mqtt5".into();
+        server.listen = addr;
+        self.broker.v5 = Some([("1".to_string(), server)].into_iter().collect());
+        Ok(())
+    }
+}
+
+fn check_rumqttd_keys(theirs: &toml::Table, problems: &mut Vec<String>) {
+    let unknown = |table: &toml::Table, allowed: &[&str], at: &str, problems: &mut Vec<String>| {
+        for key in table.keys() {
+            if !allowed.contains(&key.as_str()) {
+                problems.push(format!(
+                    "unknown key `{at}.{key}` (rumqttd would ignore it silently; known: {})",
+                    allowed.join(", ")
+                ));
+            }
+        }
+    };
+    if let Some(toml::Value::Table(router)) = theirs.get("router") {
+        unknown(router, ROUTER_KEYS, "router", problems);
+    }
+    for proto in ["v4", "v5"] {
+        if let Some(toml::Value::Table(servers)) = theirs.get(proto) {
+            for (name, server) in servers {
+                if let toml::Value::Table(server) = server {
+                    let at = format!("{proto}.{name}");
+                    unknown(server, SERVER_KEYS, &at, problems);
+                    if let Some(toml::Value::Table(conn)) = server.get("connections") {
+                        unknown(
+                            conn,
+                            CONNECTION_KEYS,
+                            &format!("{at}.connections"),
+                            problems,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where `run` finds its config when `--config` is not given.
+pub fn default_config_path(cwd: &Path) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CONFIGURATION_DIRECTORY") {
+        // systemd may list several directories separated by ':'; the first is ours.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let path = Path::new(&first).join("broker.toml");
+        if path.is_file() {
+            return Some(path);
+        }
+    }
+    let path = cwd.join("broker.toml");
+    path.is_file().then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        let c = Config::default_config();
+        assert_eq!(c.hub.base_topic, "smarthub");
+        assert_eq!(c.http.listen.port(), 8000);
+        assert_eq!(c.mqtt_listeners().len(), 1);
+        assert!(c.broker.v5.is_none(), "MQTT 5 must be off by default");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let text = DEFAULT_CONFIG
+            .replace(
+                "max_segment_count = 4",
+                "max_segment_count = 1\nmax_segmnet_size = 3",
+            )
+            .replace(
+                "base_topic = \"smarthub\"",
+                "base_topic = \"a/#\"\ncolour = 1",
+            )
+            + "\n[console]\nlisten = \"0.0.0.0:3030\"\n";
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("router.max_segmnet_size"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+        assert!(err.contains("[console]"), "{err}");
+    }
+
+    #[test]
+    fn semantic_problems_are_listed_together() {
+        let text = DEFAULT_CONFIG
+            .replace("max_segment_count = 4", "max_segment_count = 1")
+            .replace("base_topic = \"smarthub\"", "base_topic = \"a/#\"")
+            .replace("max_fan_level = 3", "max_fan_level = 0");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("max_segment_count"), "{err}");
+        assert!(err.contains("base_topic"), "{err}");
+        assert!(err.contains("max_fan_level"), "{err}");
+    }
+
+    #[test]
+    fn mqtt5_flag_enables_v5() {
+        let mut c = Config::default_config();
+        c.set_mqtt5_listen("127.0.0.1:1999".parse().unwrap())
+            .unwrap();
+        assert_eq!(c.mqtt_listeners().len(), 2);
+    }
+}
