@@ -8,6 +8,7 @@
 //! - [`engine`]: the one path for messages, readings and commands (its own thread).
 //! - [`store`]: SQLite: one batching writer thread, read-only WAL readers, migrations, backup.
 //! - [`http`]: the axum adapter (health, metrics, REST).
+//! - [`schedule`]: cron-driven jobs (nightly retention, retraining).
 //! - [`metrics`], [`auth`]: counters; MQTT passwords.
 //!
 //! # Data flow
@@ -25,6 +26,7 @@ pub mod home;
 pub mod http;
 pub mod metrics;
 pub mod readings;
+pub mod schedule;
 pub mod store;
 pub mod topics;
 
@@ -120,6 +122,7 @@ pub struct Hub {
     store: Store,
     http_stop: tokio::sync::oneshot::Sender<()>,
     http_task: tokio::task::JoinHandle<()>,
+    jobs: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Hub {
@@ -147,6 +150,7 @@ impl Hub {
         let metrics = Arc::new(Metrics::default());
         let db_path = database_path(&data_dir);
 
+        let retention_days = config.storage.retention_days;
         let blocking = {
             let metrics = metrics.clone();
             let db_path = db_path.clone();
@@ -197,6 +201,23 @@ impl Hub {
             mqtt_listeners: broker.listeners.clone(),
             hub_id: hub_id.clone(),
         };
+        let mut jobs = Vec::new();
+        if retention_days > 0 {
+            let writer = store.writer();
+            let nightly =
+                schedule::Schedule::parse("0 0 0 * * *").expect("literal cron expression");
+            jobs.push(schedule::spawn(
+                "retention",
+                nightly,
+                Arc::new(schedule::SystemClock),
+                move || {
+                    let before_ms = chrono::Utc::now().timestamp_millis()
+                        - i64::from(retention_days) * 86_400_000;
+                    writer.send(store::WriteOp::Prune { before_ms });
+                    async {}
+                },
+            ));
+        }
         let (http_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let http_task = tokio::spawn(async move {
             let serve =
@@ -220,6 +241,7 @@ impl Hub {
             store,
             http_stop,
             http_task,
+            jobs,
         })
     }
 
@@ -232,8 +254,13 @@ impl Hub {
             store,
             http_stop,
             http_task,
+            jobs,
             ..
         } = self;
+        for job in jobs {
+            job.abort();
+            let _ = job.await;
+        }
         let _ = engine_tx.send(Input::PublishOffline);
         let (tx, rx) = std::sync::mpsc::channel();
         let _ = engine_tx.send(Input::Drain(tx));
