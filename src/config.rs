@@ -95,12 +95,17 @@ impl Default for HubSection {
 pub struct HttpSection {
     /// Address of the REST API. Default `0.0.0.0:8000`.
     pub listen: SocketAddr,
+    /// File whose first line is the API token; empty: `$SMARTHUB_API_TOKEN`, else
+    /// `$CREDENTIALS_DIRECTORY/api_token`, else no token (state-changing routes open, as the legacy app
+    /// expects). Default empty.
+    pub api_token_file: String,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: "0.0.0.0:8000".parse().expect("literal address"),
+            api_token_file: String::new(),
         }
     }
 }
@@ -382,6 +387,12 @@ impl Config {
             problems.push(format!(
                 "door.pin_file = \"{}\": no such file",
                 self.door.pin_file
+            ));
+        }
+        if !self.http.api_token_file.is_empty() && !Path::new(&self.http.api_token_file).is_file() {
+            problems.push(format!(
+                "http.api_token_file = \"{}\": no such file",
+                self.http.api_token_file
             ));
         }
         if !self.mqtt_auth.password_file.is_empty()

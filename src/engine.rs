@@ -231,7 +231,7 @@ struct Engine {
 pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, Sender<Input>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
     let state = Arc::new(RwLock::new(parts.initial.clone()));
-    let (events, _) = broadcast::channel(1024);
+    let (events, _) = broadcast::channel(4096);
     let mut engine = Engine {
         topics: parts.topics,
         publisher: parts.publisher,

@@ -65,6 +65,8 @@ pub enum HubError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("API token from {origin}: {why}")]
+    ApiToken { origin: String, why: String },
     #[error("door PIN from {origin}: {why}")]
     DoorPin { origin: String, why: String },
     #[error("cannot start a thread: {0}")]
@@ -106,6 +108,41 @@ pub fn load_door_pin(config: &Config) -> Result<String, HubError> {
         });
     }
     Ok(pin)
+}
+
+/// Reads the API token: `http.api_token_file`, else `$SMARTHUB_API_TOKEN`, else
+/// `$CREDENTIALS_DIRECTORY/api_token`; `None` when there is none (routes stay open).
+pub fn load_api_token(config: &Config) -> Result<Option<String>, HubError> {
+    let from_file = |path: PathBuf| -> Result<Option<String>, HubError> {
+        let text = std::fs::read_to_string(&path).map_err(|e| HubError::ApiToken {
+            origin: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let token = text.lines().next().unwrap_or("").trim().to_owned();
+        if token.len() < 16 {
+            return Err(HubError::ApiToken {
+                origin: path.display().to_string(),
+                why: "the first line must be a token of at least 16 characters".into(),
+            });
+        }
+        Ok(Some(token))
+    };
+    if !config.http.api_token_file.is_empty() {
+        return from_file(PathBuf::from(&config.http.api_token_file));
+    }
+    if let Ok(token) = std::env::var("SMARTHUB_API_TOKEN") {
+        if token.trim().len() < 16 {
+            return Err(HubError::ApiToken {
+                origin: "$SMARTHUB_API_TOKEN".into(),
+                why: "use a token of at least 16 characters".into(),
+            });
+        }
+        return Ok(Some(token.trim().to_owned()));
+    }
+    match std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| PathBuf::from(d).join("api_token")) {
+        Some(path) if path.is_file() => from_file(path),
+        _ => Ok(None),
+    }
 }
 
 /// A running hub: broker, engine, database and HTTP.
@@ -151,6 +188,8 @@ impl Hub {
         let db_path = database_path(&data_dir);
 
         let retention_days = config.storage.retention_days;
+        let max_fan_level = config.hub.max_fan_level;
+        let api_token = load_api_token(&config)?.map(Arc::new);
         let blocking = {
             let metrics = metrics.clone();
             let db_path = db_path.clone();
@@ -200,6 +239,8 @@ impl Hub {
             db_path: db_path.clone(),
             mqtt_listeners: broker.listeners.clone(),
             hub_id: hub_id.clone(),
+            max_fan_level,
+            api_token,
         };
         let mut jobs = Vec::new();
         if retention_days > 0 {
