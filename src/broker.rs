@@ -118,6 +118,7 @@ impl Broker {
         config: &Config,
         filter: &str,
         passwords: Option<Arc<PasswordFile>>,
+        metrics: Arc<Metrics>,
     ) -> Result<(Broker, EngineLink), BrokerError> {
         let listeners = config.mqtt_listeners();
         for (proto, addr) in &listeners {
@@ -144,14 +145,23 @@ impl Broker {
                 let mut settings = settings.clone();
                 if let Some(pw) = &passwords {
                     let pw = pw.clone();
+                    let metrics = metrics.clone();
                     settings
                         .connections
-                        .set_auth_handler(move |_client, user, pass| {
+                        .set_auth_handler(move |client, user, pass| {
                             let pw = pw.clone();
+                            let metrics = metrics.clone();
                             async move {
-                                tokio::task::spawn_blocking(move || pw.verify(&user, &pass))
-                                    .await
-                                    .unwrap_or(false)
+                                let name = user.clone();
+                                let ok =
+                                    tokio::task::spawn_blocking(move || pw.verify(&user, &pass))
+                                        .await
+                                        .unwrap_or(false);
+                                if !ok {
+                                    metrics.rejected(crate::readings::Reason::Unauthorized);
+                                    tracing::warn!(client, user = name, "MQTT login refused");
+                                }
+                                ok
                             }
                         });
                 }

@@ -204,7 +204,8 @@ impl Hub {
                 };
                 let (store, loaded) = Store::open(&db_path, &config.storage, metrics.clone())?;
                 let topics = Topics::new(&config.hub.base_topic);
-                let (broker, link) = Broker::start(&config, &topics.all(), passwords)?;
+                let (broker, link) =
+                    Broker::start(&config, &topics.all(), passwords, metrics.clone())?;
                 let (engine, engine_tx, engine_thread) = engine::spawn(EngineParts {
                     topics,
                     publisher: link.publisher,

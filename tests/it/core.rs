@@ -615,3 +615,88 @@ fn check_config_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// With a password file, MQTT clients need a valid user name and password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_passwords_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwords");
+    smarthub::auth::set_password(&file, "sensor", "correct horse").unwrap();
+    let mut config = test_config();
+    config.mqtt_auth.password_file = file.display().to_string();
+    let mut hub = TestHub::start_in(dir, config).await;
+    let addr = hub.mqtt_addr();
+    for (creds, should_connect) in [
+        (None, false),
+        (Some(("sensor", "wrong")), false),
+        (Some(("nobody", "correct horse")), false),
+        (Some(("sensor", "correct horse")), true),
+    ] {
+        let mut opts = rumqttc::MqttOptions::new("auth-probe", addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        if let Some((u, p)) = creds {
+            opts.set_credentials(u, p);
+        }
+        let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        assert_eq!(outcome, should_connect, "{creds:?}");
+    }
+    assert!(
+        hub.metric("smarthub_messages_rejected_total{reason=\"unauthorized\"}")
+            .await
+            >= 2
+    );
+    hub.stop().await;
+}
+
+/// A locked database: the hub keeps serving, /healthz says degraded, and the reading lands afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_database_degrades_then_recovers() {
+    let mut hub = TestHub::start().await;
+    let node = hub.mqtt("while-locked").await;
+    let mut blocker = rusqlite::Connection::open(hub.db_path()).unwrap();
+    let lock = blocker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .unwrap();
+    node.publish("smarthub/nodes/n/tv", r#"{"motion": true, "channel": 1}"#)
+        .await;
+    node.wait_acked(1).await;
+    let url = hub.url("/healthz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let health: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if health["status"] == "degraded" {
+            assert!(
+                health["database"]["retry_pending"].as_u64().unwrap() >= 1,
+                "{health}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never degraded: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hub.metric("smarthub_db_write_failures_total").await >= 1);
+    // Still serving MQTT and HTTP.
+    let resp = reqwest::get(hub.url("/get_light_state/")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    lock.rollback().unwrap();
+    drop(blocker);
+    hub.wait_count(ReadingKind::Tv, 1).await;
+    let health: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    node.disconnect().await;
+    hub.stop().await;
+}
