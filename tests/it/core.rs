@@ -700,3 +700,106 @@ async fn locked_database_degrades_then_recovers() {
     node.disconnect().await;
     hub.stop().await;
 }
+
+/// `--mqtt5-listen` opens an MQTT 5 listener beside 3.1.1; readings published over it are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_listener_is_opt_in_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    let v5_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    config.set_mqtt5_listen(v5_addr).unwrap();
+    let mut hub = TestHub::start_in(dir, config).await;
+    assert_eq!(hub.hub().mqtt_listeners.len(), 2);
+    let mut opts = rumqttc::v5::MqttOptions::new("v5-node", "127.0.0.1", v5_addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = acks.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::PubAck(_)) = event {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    client
+        .publish(
+            "smarthub/nodes/v5/tv",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            r#"{"motion": true, "channel": 4}"#,
+        )
+        .await
+        .unwrap();
+    hub.wait_count(ReadingKind::Tv, 1).await;
+    eventually("PUBACK over MQTT 5", || {
+        acks.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    task.abort();
+    hub.stop().await;
+    let default = smarthub::config::Config::default_config();
+    assert_eq!(
+        default.mqtt_listeners().len(),
+        1,
+        "MQTT 5 is off by default"
+    );
+}
+
+/// The real binary: ready on its ports, SIGTERM → every acknowledged reading stored, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt_port = free_port();
+    let http_port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smarthub"))
+        .args([
+            "run",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--mqtt-listen",
+            &format!("127.0.0.1:{mqtt_port}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http_port}"),
+        ])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{http_port}/healthz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while reqwest::get(&health).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the binary never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node = Mqtt::connect(
+        format!("127.0.0.1:{mqtt_port}").parse().unwrap(),
+        "sig-node",
+    )
+    .await;
+    for _ in 0..2000 {
+        node.publish(
+            "smarthub/nodes/sig/tv",
+            r#"{"motion": false, "channel": 2}"#,
+        )
+        .await;
+    }
+    node.wait_acked(2000).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    assert_eq!(
+        count_in(&smarthub::database_path(dir.path()), ReadingKind::Tv),
+        2000
+    );
+    node.disconnect().await;
+}
