@@ -488,17 +488,22 @@ fn check_rumqttd_keys(theirs: &toml::Table, problems: &mut Vec<String>) {
     }
 }
 
+/// The first directory of a systemd directory variable (`$STATE_DIRECTORY`, `$CONFIGURATION_DIRECTORY`,
+/// which may list several separated by `:`).
+pub fn systemd_dir(var: &str) -> Option<PathBuf> {
+    let value = std::env::var_os(var)?;
+    let first = value
+        .to_string_lossy()
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
 /// Where `run` finds its config when `--config` is not given.
 pub fn default_config_path(cwd: &Path) -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("CONFIGURATION_DIRECTORY") {
-        // systemd may list several directories separated by ':'; the first is ours.
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        let path = Path::new(&first).join("broker.toml");
+    if let Some(path) = systemd_dir("CONFIGURATION_DIRECTORY").map(|d| d.join("broker.toml")) {
         if path.is_file() {
             return Some(path);
         }

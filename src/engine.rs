@@ -163,6 +163,15 @@ struct DoorGuard {
 }
 
 impl DoorGuard {
+    fn new(pin: String, config: DoorSection) -> DoorGuard {
+        DoorGuard {
+            pin,
+            failures: VecDeque::new(),
+            locked_until: None,
+            config,
+        }
+    }
+
     fn check(&mut self, pin: &str, now: Instant) -> Result<(), CommandError> {
         if let Some(until) = self.locked_until {
             if now < until {
@@ -244,12 +253,7 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, Sender<Input>
             suppressed: 0,
         },
         hub: parts.hub,
-        door: DoorGuard {
-            pin: parts.door_pin,
-            failures: VecDeque::new(),
-            locked_until: None,
-            config: parts.door,
-        },
+        door: DoorGuard::new(parts.door_pin, parts.door),
         state: state.clone(),
         events: events.clone(),
         nonce: rand::random(),
@@ -614,12 +618,7 @@ mod tests {
 
     #[test]
     fn door_locks_after_repeated_wrong_pins() {
-        let mut g = DoorGuard {
-            pin: "1234".into(),
-            failures: VecDeque::new(),
-            locked_until: None,
-            config: DoorSection::default(),
-        };
+        let mut g = DoorGuard::new("1234".into(), DoorSection::default());
         let t0 = Instant::now();
         assert_eq!(g.check("1234", t0), Ok(()));
         for i in 0..5 {
@@ -637,12 +636,7 @@ mod tests {
 
     #[test]
     fn failures_outside_the_window_do_not_lock() {
-        let mut g = DoorGuard {
-            pin: "1234".into(),
-            failures: VecDeque::new(),
-            locked_until: None,
-            config: DoorSection::default(),
-        };
+        let mut g = DoorGuard::new("1234".into(), DoorSection::default());
         let t0 = Instant::now();
         for i in 0..8 {
             let _ = g.check("0000", t0 + Duration::from_secs(i * 100));

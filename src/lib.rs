@@ -65,10 +65,8 @@ pub enum HubError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("API token from {origin}: {why}")]
-    ApiToken { origin: String, why: String },
-    #[error("door PIN from {origin}: {why}")]
-    DoorPin { origin: String, why: String },
+    #[error("secret from {origin}: {why}")]
+    Secret { origin: String, why: String },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
 }
@@ -83,66 +81,65 @@ pub fn models_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("models")
 }
 
-/// Reads the door PIN: `door.pin_file`, else `$CREDENTIALS_DIRECTORY/door_pin`, else "1234".
-pub fn load_door_pin(config: &Config) -> Result<String, HubError> {
-    let path = if !config.door.pin_file.is_empty() {
-        Some(PathBuf::from(&config.door.pin_file))
-    } else {
-        std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(|d| PathBuf::from(d).join("door_pin"))
-            .filter(|p| p.is_file())
-    };
-    let Some(path) = path else {
-        return Ok("1234".into());
-    };
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(&path).map_err(|e| HubError::DoorPin {
-        origin: origin.clone(),
+/// Where a secret lives: the configured file, else the systemd credential of that name, else nowhere.
+fn secret_path(configured: &str, credential: &str) -> Option<PathBuf> {
+    if !configured.is_empty() {
+        return Some(PathBuf::from(configured));
+    }
+    config::systemd_dir("CREDENTIALS_DIRECTORY")
+        .map(|d| d.join(credential))
+        .filter(|p| p.is_file())
+}
+
+/// A secret is the first line of its file, trimmed.
+fn read_secret(path: &Path) -> Result<String, HubError> {
+    let text = std::fs::read_to_string(path).map_err(|e| HubError::Secret {
+        origin: path.display().to_string(),
         why: e.to_string(),
     })?;
-    let pin = text.lines().next().unwrap_or("").trim().to_owned();
+    Ok(text.lines().next().unwrap_or("").trim().to_owned())
+}
+
+/// Reads the door PIN: `door.pin_file`, else `$CREDENTIALS_DIRECTORY/door_pin`, else "1234".
+pub fn load_door_pin(config: &Config) -> Result<String, HubError> {
+    let Some(path) = secret_path(&config.door.pin_file, "door_pin") else {
+        return Ok("1234".into());
+    };
+    let pin = read_secret(&path)?;
     if pin.chars().count() != home::PIN_LEN {
-        return Err(HubError::DoorPin {
-            origin,
-            why: format!("the first line must be the {}-character PIN", home::PIN_LEN),
+        return Err(HubError::Secret {
+            origin: path.display().to_string(),
+            why: format!(
+                "the first line must be the {}-character door PIN",
+                home::PIN_LEN
+            ),
         });
     }
     Ok(pin)
 }
 
+/// Shortest API token accepted.
+const MIN_TOKEN_LEN: usize = 16;
+
 /// Reads the API token: `http.api_token_file`, else `$SMARTHUB_API_TOKEN`, else
 /// `$CREDENTIALS_DIRECTORY/api_token`; `None` when there is none (routes stay open).
 pub fn load_api_token(config: &Config) -> Result<Option<String>, HubError> {
-    let from_file = |path: PathBuf| -> Result<Option<String>, HubError> {
-        let text = std::fs::read_to_string(&path).map_err(|e| HubError::ApiToken {
-            origin: path.display().to_string(),
-            why: e.to_string(),
-        })?;
-        let token = text.lines().next().unwrap_or("").trim().to_owned();
-        if token.len() < 16 {
-            return Err(HubError::ApiToken {
-                origin: path.display().to_string(),
-                why: "the first line must be a token of at least 16 characters".into(),
-            });
+    let (origin, token) = match std::env::var("SMARTHUB_API_TOKEN") {
+        Ok(token) if config.http.api_token_file.is_empty() => {
+            ("$SMARTHUB_API_TOKEN".to_owned(), token.trim().to_owned())
         }
-        Ok(Some(token))
+        _ => match secret_path(&config.http.api_token_file, "api_token") {
+            Some(path) => (path.display().to_string(), read_secret(&path)?),
+            None => return Ok(None),
+        },
     };
-    if !config.http.api_token_file.is_empty() {
-        return from_file(PathBuf::from(&config.http.api_token_file));
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(HubError::Secret {
+            origin,
+            why: format!("the API token must have at least {MIN_TOKEN_LEN} characters"),
+        });
     }
-    if let Ok(token) = std::env::var("SMARTHUB_API_TOKEN") {
-        if token.trim().len() < 16 {
-            return Err(HubError::ApiToken {
-                origin: "$SMARTHUB_API_TOKEN".into(),
-                why: "use a token of at least 16 characters".into(),
-            });
-        }
-        return Ok(Some(token.trim().to_owned()));
-    }
-    match std::env::var_os("CREDENTIALS_DIRECTORY").map(|d| PathBuf::from(d).join("api_token")) {
-        Some(path) if path.is_file() => from_file(path),
-        _ => Ok(None),
-    }
+    Ok(Some(token))
 }
 
 /// A running hub: broker, engine, database and HTTP.

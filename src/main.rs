@@ -81,14 +81,8 @@ fn init_logging() {
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        return Ok(PathBuf::from(first));
+    if let Some(dir) = config::systemd_dir("STATE_DIRECTORY") {
+        return Ok(dir);
     }
     std::env::current_dir().context("cannot read the working directory")
 }

@@ -803,3 +803,45 @@ async fn binary_stops_cleanly_on_sigterm() {
     );
     node.disconnect().await;
 }
+
+/// The door PIN comes from a file (never from broker.toml); a malformed one stops the start, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn door_pin_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pin_file = dir.path().join("door_pin");
+    std::fs::write(&pin_file, "4321\n").unwrap();
+    let mut config = test_config();
+    config.door.pin_file = pin_file.display().to_string();
+    let mut hub = TestHub::start_in(dir, config.clone()).await;
+    let engine = hub.hub().engine.clone();
+    let open = |pin: &str| Command::DoorOpen { pin: pin.into() };
+    assert_eq!(
+        engine
+            .command(open("1234"), Origin::Rest)
+            .await
+            .unwrap_err(),
+        CommandError::PinInvalid
+    );
+    assert!(
+        engine
+            .command(open("4321"), Origin::Rest)
+            .await
+            .unwrap()
+            .door_open
+    );
+    hub.stop().await;
+
+    std::fs::write(&pin_file, "12345\n").unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let err = smarthub::Hub::start(test_config_with_pin(&config), other.path())
+        .await
+        .err()
+        .expect("a 5-character PIN is refused");
+    assert!(err.to_string().contains("door_pin"), "{err}");
+}
+
+fn test_config_with_pin(template: &smarthub::config::Config) -> smarthub::config::Config {
+    let mut config = test_config();
+    config.door.pin_file = template.door.pin_file.clone();
+    config
+}
