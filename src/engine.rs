@@ -583,11 +583,16 @@ impl Engine {
             let current = self.state.read().map(|s| s.clone()).unwrap_or_default();
             current.payload(thing)
         };
+        let changed = payload != previous;
+        // A node re-reporting the same climate is not news; a command is echoed even when it
+        // changes nothing, so its sender sees the state.
+        if !changed && origin == Origin::Node {
+            return;
+        }
         next.auto_set[thing as usize] = origin == Origin::Auto;
         if let Ok(mut s) = self.state.write() {
             *s = next;
         }
-        let changed = payload != previous;
         self.writer.send(WriteOp::State {
             thing,
             payload: payload.clone(),
