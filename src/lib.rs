@@ -8,6 +8,7 @@
 //! - [`engine`]: the one path for messages, readings and commands (its own thread).
 //! - [`store`]: SQLite: one batching writer thread, read-only WAL readers, migrations, backup.
 //! - [`http`]: the axum adapter (health, metrics, REST).
+//! - [`export`]: the legacy CSV/Excel downloads, streamed from SQLite page by page.
 //! - [`schedule`]: cron-driven jobs (nightly retention, retraining).
 //! - [`metrics`], [`auth`]: counters; MQTT passwords.
 //!
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod engine;
+pub mod export;
 pub mod home;
 pub mod http;
 pub mod metrics;

@@ -24,6 +24,8 @@ use crate::engine::EngineHandle;
 use crate::home::CommandError;
 use crate::metrics::Metrics;
 
+pub mod exports;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -143,6 +145,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(legacy::routes())
         .merge(api)
+        .merge(exports::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

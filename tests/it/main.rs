@@ -3,5 +3,6 @@
 
 mod contracts;
 mod core;
+mod exports;
 mod rest;
 mod support;
