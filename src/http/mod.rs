@@ -17,6 +17,8 @@ use crate::broker::count_tcp_sockets;
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
 
+mod nodes;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -64,6 +66,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(nodes::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
