@@ -178,7 +178,8 @@ pub struct HomeAssistantSection {
     pub enabled: bool,
     /// Home Assistant's discovery prefix (its MQTT integration's setting). Default `homeassistant`.
     pub discovery_prefix: String,
-    /// After Home Assistant says `online`, wait this long before re-publishing. Default 3000.
+    /// After Home Assistant says `online` (or after adding entities), wait this long before
+    /// re-publishing. Default 3000.
     pub republish_delay_ms: u64,
     /// Plus a random extra wait of up to this much, so several hubs do not answer at once. Default 2000.
     pub republish_jitter_ms: u64,

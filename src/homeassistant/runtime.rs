@@ -3,6 +3,8 @@
 //! first seen, and withdraws (empty retained config) what no longer exists: nodes unseen for
 //! `node_expiry_days`, forgotten nodes, and anything announced before a restart that is gone since.
 //! What was announced is remembered in SQLite because the broker's retained messages are not.
+//! After adding entities it has the engine publish the hub's status again (rumqttd does not replay
+//! retained messages to a client that subscribes again to a filter it already has).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -155,6 +157,13 @@ impl Discovery {
         engine: Sender<Input>,
     ) {
         let mut republish_at: Option<Instant> = None;
+        // Entities added while Home Assistant is connected subscribe again to topics it already
+        // subscribed to (the hub's status), and rumqttd does not re-send retained messages for a
+        // filter the client already has (MQTT 3.1.1 says it must): without a fresh `online` on
+        // `<base>/status` such an entity would stay unavailable. So, once Home Assistant has had time
+        // to subscribe, the engine publishes its status (and states) again.
+        let mut refresh_at: Option<Instant> = None;
+        let refresh_after = Duration::from_millis(config.republish_delay_ms);
         let mut expiry = tokio::time::interval(EXPIRY_CHECK);
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -162,8 +171,10 @@ impl Discovery {
                 event = events.recv() => match event {
                     Ok(Event::Reading { reading }) => {
                         let kind = reading.measurement.kind();
-                        if self.seen(&reading.node_id, kind, reading.received_ms) {
-                            self.sync(false).await;
+                        if self.seen(&reading.node_id, kind, reading.received_ms)
+                            && self.sync(false).await
+                        {
+                            refresh_at.get_or_insert(Instant::now() + refresh_after);
                         }
                     }
                     Ok(Event::NodeForgotten { node_id }) => {
@@ -174,8 +185,12 @@ impl Discovery {
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "Home Assistant discovery fell behind the engine; re-reading the nodes");
-                        if let Err(e) = self.resync().await {
-                            tracing::error!(error = %e, "Home Assistant discovery: cannot re-read the nodes");
+                        match self.resync().await {
+                            Ok(true) => {
+                                refresh_at.get_or_insert(Instant::now() + refresh_after);
+                            }
+                            Ok(false) => {}
+                            Err(e) => tracing::error!(error = %e, "Home Assistant discovery: cannot re-read the nodes"),
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -202,6 +217,12 @@ impl Discovery {
                     self.sync(true).await;
                     // Configs first, states after: Home Assistant subscribes to an entity's state
                     // topic when its config arrives.
+                    if engine.send(Input::RepublishStates).is_err() {
+                        return;
+                    }
+                }
+                _ = sleep_until(refresh_at), if refresh_at.is_some() => {
+                    refresh_at = None;
                     if engine.send(Input::RepublishStates).is_err() {
                         return;
                     }
@@ -240,7 +261,7 @@ impl Discovery {
 
     /// After missing events: wait for the writer to commit what the engine sent it, then take the
     /// nodes from the database.
-    async fn resync(&mut self) -> Result<(), HomeAssistantError> {
+    async fn resync(&mut self) -> Result<bool, HomeAssistantError> {
         let writer = self.writer.clone();
         let db = self.db_path.clone();
         let nodes = tokio::task::spawn_blocking(move || {
@@ -251,8 +272,7 @@ impl Discovery {
         .await
         .map_err(|e| HomeAssistantError::Task(e.to_string()))??;
         self.replace_nodes(nodes);
-        self.sync(false).await;
-        Ok(())
+        Ok(self.sync(false).await)
     }
 
     fn replace_nodes(&mut self, rows: Vec<store::NodeRow>) {
@@ -331,8 +351,8 @@ impl Discovery {
     }
 
     /// Publishes what changed (everything, and every withdrawal again, when `all`), withdraws what
-    /// should no longer exist, and records both.
-    async fn sync(&mut self, all: bool) {
+    /// should no longer exist, and records both. True when an entity was added.
+    async fn sync(&mut self, all: bool) -> bool {
         let desired = self.desired();
         let mut batch: Vec<(String, String)> = Vec::new();
         let at_ms = now_ms();
@@ -356,7 +376,9 @@ impl Discovery {
             self.withdrawn.insert(topic.clone());
             batch.push((topic, String::new()));
         }
+        let mut added = false;
         for (topic, (payload, node_id)) in desired {
+            added |= !self.published.contains_key(&topic);
             if all || self.published.get(&topic) != Some(&payload) {
                 batch.push((topic.clone(), payload.clone()));
             }
@@ -371,7 +393,7 @@ impl Discovery {
             self.published.insert(topic, payload);
         }
         if batch.is_empty() {
-            return;
+            return added;
         }
         let withdrawn = batch.iter().filter(|(_, p)| p.is_empty()).count();
         tracing::debug!(
@@ -390,6 +412,7 @@ impl Discovery {
         if let Err(e) = done {
             tracing::error!(error = %e, "Home Assistant discovery: publishing failed");
         }
+        added
     }
 }
 

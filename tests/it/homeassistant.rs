@@ -325,3 +325,28 @@ async fn disabled_publishes_nothing() {
     let topics: Vec<&str> = heard.iter().map(|p| p.topic.as_str()).collect();
     assert_eq!(topics, ["homeassistant/status"], "only HA's own message");
 }
+
+/// rumqttd does not re-send a retained message when a client subscribes again to a filter it already
+/// has, so an entity added while Home Assistant is connected would never see the hub's `online`: the
+/// hub publishes its status again once the new entity had time to subscribe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_added_while_home_assistant_is_connected_see_the_hub_online() {
+    let hub = start().await;
+    let mut ha = hub.mqtt("homeassistant").await;
+    ha.subscribe("homeassistant/#").await;
+    ha.subscribe("smarthub/status").await;
+    let first = ha.drain(QUIET).await;
+    assert!(first
+        .iter()
+        .any(|p| p.topic == "smarthub/status" && p.retain && p.payload.as_ref() == b"online"));
+    // Subscribing again to the same filter (what HA does for a new entity) replays nothing.
+    ha.subscribe("smarthub/status").await;
+    assert!(ha
+        .try_next_on("smarthub/status", Duration::from_millis(500))
+        .await
+        .is_none());
+
+    node_reading(&hub, "garage", ReadingKind::Tv, 0).await;
+    let status = ha.next_on("smarthub/status").await;
+    assert_eq!(text(&status), "online");
+}
