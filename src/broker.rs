@@ -90,8 +90,17 @@ pub struct Broker {
     pub listeners: Vec<(&'static str, SocketAddr)>,
 }
 
-/// What [`Broker::start`] hands to the engine.
+/// What [`Broker::start`] hands to the hub: the engine's link and, when asked for, Home Assistant's.
 pub struct EngineLink {
+    pub publisher: Publisher,
+    pub rx: LinkRx,
+    /// Home Assistant's own link, subscribed to its status topic.
+    pub homeassistant: Option<SideLink>,
+}
+
+/// A link of its own for an adapter that publishes outside the base topic and listens to a few topics.
+/// Its reader must answer `Notification::Unschedule` like the engine's drainer does.
+pub struct SideLink {
     pub publisher: Publisher,
     pub rx: LinkRx,
 }
@@ -112,11 +121,13 @@ pub fn check_free(proto: &'static str, addr: SocketAddr) -> Result<(), BrokerErr
 }
 
 impl Broker {
-    /// Starts the router, links the engine and subscribes it to `filter`, and only then opens the
-    /// listeners (a publish made before the hub's subscription exists would be acked and kept nowhere).
+    /// Starts the router, links the engine and subscribes it to `filter` (and Home Assistant's link to
+    /// `homeassistant_filter`), and only then opens the listeners (a publish made before the hub's
+    /// subscription exists would be acked and kept nowhere).
     pub fn start(
         config: &Config,
         filter: &str,
+        homeassistant_filter: Option<&str>,
         passwords: Option<Arc<PasswordFile>>,
         metrics: Arc<Metrics>,
     ) -> Result<(Broker, EngineLink), BrokerError> {
@@ -138,6 +149,22 @@ impl Broker {
                 .map_err(|e| BrokerError::Link(e.to_string()))?;
         tx.subscribe(filter)
             .map_err(|e| BrokerError::Link(e.to_string()))?;
+        let homeassistant = match homeassistant_filter {
+            Some(ha_filter) => {
+                let (mut ha_tx, ha_rx, _ack) =
+                    rumqttd::local::LinkBuilder::new("smarthub-homeassistant", router_tx.clone())
+                        .build()
+                        .map_err(|e| BrokerError::Link(e.to_string()))?;
+                ha_tx
+                    .subscribe(ha_filter)
+                    .map_err(|e| BrokerError::Link(e.to_string()))?;
+                Some(SideLink {
+                    publisher: Publisher { tx: ha_tx },
+                    rx: ha_rx,
+                })
+            }
+            None => None,
+        };
 
         let mut tasks = Vec::new();
         for (proto, servers) in [(V4, &config.broker.v4), (V5, &config.broker.v5)] {
@@ -222,6 +249,7 @@ impl Broker {
             EngineLink {
                 publisher: Publisher { tx },
                 rx,
+                homeassistant,
             },
         ))
     }

@@ -23,7 +23,14 @@ const RUMQTTD_KEYS: &[&str] = &[
     "prometheus",
     "metrics",
 ];
-const OUR_SECTIONS: &[&str] = &["hub", "http", "storage", "door", "mqtt_auth"];
+const OUR_SECTIONS: &[&str] = &[
+    "hub",
+    "http",
+    "storage",
+    "door",
+    "mqtt_auth",
+    "homeassistant",
+];
 const ROUTER_KEYS: &[&str] = &[
     "max_connections",
     "max_outgoing_packet_count",
@@ -168,6 +175,41 @@ pub struct MqttAuthSection {
     pub password_file: String,
 }
 
+/// `[homeassistant]`: MQTT discovery for Home Assistant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantSection {
+    /// Announce the hub's entities to Home Assistant. Default true.
+    pub enabled: bool,
+    /// Home Assistant's discovery prefix (its MQTT integration's setting). Default `homeassistant`.
+    pub discovery_prefix: String,
+    /// After Home Assistant says `online` (or after adding entities), wait this long before
+    /// re-publishing. Default 3000.
+    pub republish_delay_ms: u64,
+    /// Plus a random extra wait of up to this much, so several hubs do not answer at once. Default 2000.
+    pub republish_jitter_ms: u64,
+    /// A node unseen this long is removed from Home Assistant; 0 keeps every node. Default 30.
+    pub node_expiry_days: u32,
+    /// The hub's URL shown as the device's "Visit" link; empty: derived from the HTTP address. Default "".
+    pub hub_url: String,
+    /// A prediction older than this shows as unavailable; 0 never expires. Default 3600.
+    pub prediction_expire_after_s: u32,
+}
+
+impl Default for HomeAssistantSection {
+    fn default() -> Self {
+        HomeAssistantSection {
+            enabled: true,
+            discovery_prefix: "homeassistant".into(),
+            republish_delay_ms: 3000,
+            republish_jitter_ms: 2000,
+            node_expiry_days: 30,
+            hub_url: String::new(),
+            prediction_expire_after_s: 3600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OurSections {
@@ -181,6 +223,8 @@ struct OurSections {
     door: DoorSection,
     #[serde(default)]
     mqtt_auth: MqttAuthSection,
+    #[serde(default)]
+    homeassistant: HomeAssistantSection,
 }
 
 /// The whole configuration.
@@ -192,6 +236,7 @@ pub struct Config {
     pub storage: StorageSection,
     pub door: DoorSection,
     pub mqtt_auth: MqttAuthSection,
+    pub homeassistant: HomeAssistantSection,
 }
 
 impl Config {
@@ -256,6 +301,7 @@ impl Config {
             storage: our.storage,
             door: our.door,
             mqtt_auth: our.mqtt_auth,
+            homeassistant: our.homeassistant,
         };
         // Semantic checks also run beside syntax problems, so one run lists everything; they would
         // only invent problems about a rumqttd section that did not parse.
@@ -401,6 +447,39 @@ impl Config {
             problems.push(format!(
                 "mqtt_auth.password_file = \"{}\": no such file (create it with `smarthub passwd FILE USER`)",
                 self.mqtt_auth.password_file
+            ));
+        }
+        problems.extend(self.validate_homeassistant());
+        problems
+    }
+
+    fn validate_homeassistant(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let ha = &self.homeassistant;
+        let prefix = &ha.discovery_prefix;
+        if prefix.is_empty()
+            || prefix.starts_with('$')
+            || prefix.contains(['+', '#', '\0'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+        {
+            problems.push(format!(
+                "homeassistant.discovery_prefix = \"{prefix}\": use a plain topic prefix without wildcards, `$`, or leading/trailing `/`"
+            ));
+        }
+        let base = &self.hub.base_topic;
+        let nested =
+            |outer: &str, inner: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
+        if nested(base, prefix) || nested(prefix, base) {
+            problems.push(format!(
+                "homeassistant.discovery_prefix = \"{prefix}\" overlaps hub.base_topic = \"{base}\": the hub would read its own discovery messages as commands; use separate prefixes"
+            ));
+        }
+        let url = &ha.hub_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            problems.push(format!(
+                "homeassistant.hub_url = \"{}\": use an http:// or https:// URL, or leave it empty",
+                ha.hub_url
             ));
         }
         problems
@@ -553,6 +632,25 @@ mod tests {
         assert!(err.contains("max_segment_count"), "{err}");
         assert!(err.contains("base_topic"), "{err}");
         assert!(err.contains("max_fan_level"), "{err}");
+    }
+
+    #[test]
+    fn homeassistant_section() {
+        let c = Config::default_config();
+        assert!(c.homeassistant.enabled);
+        assert_eq!(c.homeassistant.discovery_prefix, "homeassistant");
+        let text = DEFAULT_CONFIG
+            .replace(
+                "discovery_prefix = \"homeassistant\"",
+                "discovery_prefix = \"smarthub/ha\"",
+            )
+            .replace("hub_url = \"\"", "hub_url = \"smarthub.local\"");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("overlaps hub.base_topic"), "{err}");
+        assert!(err.contains("homeassistant.hub_url"), "{err}");
+        let text = DEFAULT_CONFIG.replace("enabled = true", "enabled = false\ncolour = 1");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
     }
 
     #[test]

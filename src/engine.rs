@@ -46,6 +46,13 @@ pub enum Input {
     Drain(Sender<bool>),
     /// Publish `offline` on the hub's status topic.
     PublishOffline,
+    /// Publish every state and `online` again (Home Assistant restarted and asked for them).
+    RepublishStates,
+    /// Forget a sensor node (its `nodes` row; readings stay) and tell the listeners.
+    ForgetNode {
+        node_id: String,
+        reply: Option<oneshot::Sender<()>>,
+    },
     Stop,
 }
 
@@ -60,6 +67,10 @@ pub enum Event {
     },
     Reading {
         reading: Box<Reading>,
+    },
+    /// A node was forgotten (`DELETE /api/v1/nodes/<id>`).
+    NodeForgotten {
+        node_id: String,
     },
 }
 
@@ -111,6 +122,18 @@ impl EngineHandle {
             })
             .map_err(|_| unavailable())?;
         rx.await.map_err(|_| unavailable())?
+    }
+
+    /// Forgets a node: its `nodes` row goes (readings stay) and listeners hear of it.
+    pub async fn forget_node(&self, node_id: &str) -> Result<(), CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::ForgetNode {
+                node_id: node_id.to_owned(),
+                reply: Some(reply),
+            })
+            .map_err(|_| CommandError::Unavailable)?;
+        rx.await.map_err(|_| CommandError::Unavailable)
     }
 
     /// The current state (a snapshot).
@@ -328,6 +351,21 @@ impl Engine {
                 Input::PublishOffline => {
                     let status = self.topics.status();
                     self.publisher.publish(&status, "offline", true);
+                }
+                Input::RepublishStates => {
+                    self.publish_all_states();
+                    let status = self.topics.status();
+                    self.publisher.publish(&status, "online", true);
+                }
+                Input::ForgetNode { node_id, reply } => {
+                    self.writer.send(WriteOp::ForgetNode {
+                        node_id: node_id.clone(),
+                    });
+                    tracing::info!(node_id, "node forgotten");
+                    let _ = self.events.send(Event::NodeForgotten { node_id });
+                    if let Some(reply) = reply {
+                        let _ = reply.send(());
+                    }
                 }
                 Input::Stop => break,
             }

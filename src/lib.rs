@@ -10,6 +10,7 @@
 //! - [`http`]: the axum adapter (health, metrics, REST).
 //! - [`export`]: the legacy CSV/Excel downloads, streamed from SQLite page by page.
 //! - [`schedule`]: cron-driven jobs (nightly retention, retraining).
+//! - [`homeassistant`]: MQTT discovery, so the hub, its nodes and predictions appear in Home Assistant.
 //! - [`metrics`], [`auth`]: counters; MQTT passwords.
 //!
 //! # Data flow
@@ -25,6 +26,7 @@ pub mod config;
 pub mod engine;
 pub mod export;
 pub mod home;
+pub mod homeassistant;
 pub mod http;
 pub mod metrics;
 pub mod readings;
@@ -44,7 +46,7 @@ use crate::config::Config;
 use crate::engine::{EngineHandle, EngineParts, Input};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::topics::Topics;
+use crate::topics::{DiscoveryTopics, Topics};
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,8 @@ pub enum HubError {
     Secret { origin: String, why: String },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    HomeAssistant(#[from] homeassistant::HomeAssistantError),
 }
 
 /// Where the database lives under a data directory.
@@ -187,7 +191,9 @@ impl Hub {
         let db_path = database_path(&data_dir);
 
         let retention_days = config.storage.retention_days;
+        let ha_config = config.homeassistant.clone();
         let max_fan_level = config.hub.max_fan_level;
+        let base_topic = config.hub.base_topic.clone();
         let api_token = load_api_token(&config)?.map(Arc::new);
         let blocking = {
             let metrics = metrics.clone();
@@ -203,8 +209,18 @@ impl Hub {
                 };
                 let (store, loaded) = Store::open(&db_path, &config.storage, metrics.clone())?;
                 let topics = Topics::new(&config.hub.base_topic);
-                let (broker, link) =
-                    Broker::start(&config, &topics.all(), passwords, metrics.clone())?;
+                let ha_status = config
+                    .homeassistant
+                    .enabled
+                    .then(|| DiscoveryTopics::new(&config.homeassistant.discovery_prefix).status());
+                let (broker, mut link) = Broker::start(
+                    &config,
+                    &topics.all(),
+                    ha_status.as_deref(),
+                    passwords,
+                    metrics.clone(),
+                )?;
+                let ha_link = link.homeassistant.take();
                 let (engine, engine_tx, engine_thread) = engine::spawn(EngineParts {
                     topics,
                     publisher: link.publisher,
@@ -216,6 +232,8 @@ impl Hub {
                     initial: loaded.state,
                 })
                 .map_err(HubError::Thread)?;
+                // Subscribed before the drainer feeds the engine, so no node's first reading is missed.
+                let ha = ha_link.map(|link| (link, engine.subscribe()));
                 broker::spawn_drainer(link.rx, engine_tx.clone(), metrics.clone())
                     .map_err(HubError::Thread)?;
                 Ok((
@@ -225,10 +243,11 @@ impl Hub {
                     engine,
                     engine_tx,
                     engine_thread,
+                    ha,
                 ))
             }
         };
-        let (store, hub_id, broker, engine, engine_tx, engine_thread) =
+        let (store, hub_id, broker, engine, engine_tx, engine_thread, ha) =
             tokio::task::spawn_blocking(blocking)
                 .await
                 .map_err(|e| HubError::Thread(std::io::Error::other(e.to_string())))??;
@@ -243,6 +262,39 @@ impl Hub {
             api_token,
         };
         let mut jobs = Vec::new();
+        if let Some((link, events)) = ha {
+            let catalog = homeassistant::Catalog {
+                hub_id: hub_id.clone(),
+                topics: Topics::new(&base_topic),
+                hub_url: homeassistant::catalog::hub_url(&ha_config.hub_url, http_addr),
+                max_fan_level,
+                prediction_expire_after_s: ha_config.prediction_expire_after_s,
+            };
+            let started = homeassistant::start(homeassistant::Parts {
+                config: ha_config,
+                catalog,
+                link,
+                events,
+                engine: engine_tx.clone(),
+                writer: store.writer(),
+                db_path: db_path.clone(),
+            })
+            .await;
+            match started {
+                Ok(tasks) => jobs.extend(tasks),
+                Err(e) => {
+                    // Stop what already runs before reporting.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        drop(broker);
+                        let _ = engine_tx.send(Input::Stop);
+                        let _ = engine_thread.join();
+                        store.close();
+                    })
+                    .await;
+                    return Err(e.into());
+                }
+            }
+        }
         if retention_days > 0 {
             let writer = store.writer();
             let nightly =

@@ -145,6 +145,30 @@ impl Topics {
     }
 }
 
+/// Home Assistant's discovery topics under its (configurable) discovery prefix.
+#[derive(Debug, Clone)]
+pub struct DiscoveryTopics {
+    prefix: String,
+}
+
+impl DiscoveryTopics {
+    pub fn new(prefix: &str) -> DiscoveryTopics {
+        DiscoveryTopics {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Where Home Assistant says `online` / `offline` (its birth and last will).
+    pub fn status(&self) -> String {
+        format!("{}/status", self.prefix)
+    }
+
+    /// `<prefix>/<component>/<object_id>/config`: a retained entity config; empty deletes it.
+    pub fn config(&self, component: &str, object_id: &str) -> String {
+        format!("{}/{component}/{object_id}/config", self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

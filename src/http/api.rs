@@ -42,6 +42,7 @@ pub fn routes() -> (Router<AppState>, Arc<utoipa::openapi::OpenApi>) {
         .routes(routes!(set_mode))
         .routes(routes!(get_readings))
         .routes(routes!(get_nodes))
+        .routes(routes!(super::nodes::forget))
         .routes(routes!(stream::stream))
         .routes(routes!(openapi_json))
         .split_for_parts();

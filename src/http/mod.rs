@@ -25,6 +25,7 @@ use crate::home::CommandError;
 use crate::metrics::Metrics;
 
 pub mod exports;
+mod nodes;
 
 /// What every handler can reach.
 #[derive(Clone)]

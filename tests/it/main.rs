@@ -4,5 +4,6 @@
 mod contracts;
 mod core;
 mod exports;
+mod homeassistant;
 mod rest;
 mod support;

@@ -229,6 +229,19 @@ impl Mqtt {
         }
     }
 
+    /// Everything received until nothing more arrives for `quiet` (at most 30 s in all).
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Publish> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(quiet, self.rx.recv()).await {
+                Ok(Some(p)) => out.push(p),
+                _ => break,
+            }
+        }
+        out
+    }
+
     /// Waits until `n` publishes in all were acknowledged.
     pub async fn wait_acked(&self, n: usize) {
         let acked = self.acked.clone();
