@@ -11,14 +11,15 @@
 //! backend's did.
 //!
 //! # Time columns
-//! The old backend stamped each row at insert time with one clock, in UTC: its real exports hold
-//! `dayOfWeek` 7 at 23:45 (UTC) beside Sunday afternoon rows, i.e. day and time of day come from the
-//! same UTC clock. So for readings the hub received, the time of day, the day of week (ISO, 1 = Monday)
-//! and the month are all derived from `measured_ms` in UTC, and every row describes one real instant.
-//! The stored `time_of_day_s` / `day_of_week` / `month` columns are LOCAL-time features for learning and
-//! are deliberately not used for such rows: beside a UTC time they would name the wrong day for the
-//! hours between UTC and local midnight. `measured_ms` has millisecond precision, so the last three of
-//! the six fraction digits are `000`.
+//! The old backend computed each row's time, day and month at insert time from one clock, and its time
+//! of day is UTC; its real exports agree (rows at 23:42 and 23:45 UTC still carry day 7, as on the
+//! Sunday afternoon rows before them). So for readings the hub received, the time of day, the day of
+//! week (ISO, 1 = Monday) and the month are all derived from `measured_ms` in UTC: every row names one
+//! real instant. The stored `time_of_day_s` / `day_of_week` / `month` columns are LOCAL-time features
+//! for learning and are deliberately not used for such rows: beside a UTC time they would name the
+//! wrong day between UTC midnight and local midnight. `measured_ms` has millisecond precision, so the
+//! last three of the six fraction digits are `000`. The fraction is always written, even when it is
+//! zero (Python's `str(time)` would have dropped it; the contract and a fixed-width column want it).
 //!
 //! Imported rows (`source = 'import'`) came from these very CSV files, whose rows have no date: their
 //! `measured_ms` is made up. For them the export writes the stored `time_of_day_s`, `day_of_week` and
