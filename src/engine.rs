@@ -42,6 +42,12 @@ pub enum Input {
         source: Source,
         reply: Option<oneshot::Sender<Result<(), Rejection>>>,
     },
+    /// Publish a message the hub produced elsewhere (predictions, suggestions) on the engine's link.
+    Publish {
+        topic: String,
+        payload: String,
+        retain: bool,
+    },
     /// Answer once every message the broker accepted before this is committed.
     Drain(Sender<bool>),
     /// Publish `offline` on the hub's status topic.
@@ -116,6 +122,15 @@ impl EngineHandle {
     /// The current state (a snapshot).
     pub fn state(&self) -> HomeState {
         self.state.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Publishes a message through the engine's broker link (never blocks).
+    pub fn publish(&self, topic: String, payload: String, retain: bool) {
+        let _ = self.tx.send(Input::Publish {
+            topic,
+            payload,
+            retain,
+        });
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -321,6 +336,11 @@ impl Engine {
                     self.publisher.publish(&marker, "", false);
                     self.drains.push((marker, reply));
                 }
+                Input::Publish {
+                    topic,
+                    payload,
+                    retain,
+                } => self.publisher.publish(&topic, payload, retain),
                 Input::PublishOffline => {
                     let status = self.topics.status();
                     self.publisher.publish(&status, "offline", true);

@@ -8,6 +8,7 @@
 //! - [`engine`]: the one path for messages, readings and commands (its own thread).
 //! - [`store`]: SQLite: one batching writer thread, read-only WAL readers, migrations, backup.
 //! - [`http`]: the axum adapter (health, metrics, REST).
+//! - [`learning`]: features, models, cross-validation, the model registry, live predictions and modes.
 //! - [`schedule`]: cron-driven jobs (nightly retention, retraining).
 //! - [`metrics`], [`auth`]: counters; MQTT passwords.
 //!
@@ -24,6 +25,7 @@ pub mod config;
 pub mod engine;
 pub mod home;
 pub mod http;
+pub mod learning;
 pub mod metrics;
 pub mod readings;
 pub mod schedule;
@@ -111,6 +113,7 @@ pub fn load_door_pin(config: &Config) -> Result<String, HubError> {
 /// A running hub: broker, engine, database and HTTP.
 pub struct Hub {
     pub engine: EngineHandle,
+    pub learner: Arc<learning::runtime::Learner>,
     pub metrics: Arc<Metrics>,
     pub hub_id: String,
     pub http_addr: SocketAddr,
@@ -151,6 +154,9 @@ impl Hub {
         let db_path = database_path(&data_dir);
 
         let retention_days = config.storage.retention_days;
+        let learning_config = config.learning.clone();
+        let max_fan_level = config.hub.max_fan_level;
+        let base_topic = config.hub.base_topic.clone();
         let blocking = {
             let metrics = metrics.clone();
             let db_path = db_path.clone();
@@ -194,14 +200,28 @@ impl Hub {
                 .await
                 .map_err(|e| HubError::Thread(std::io::Error::other(e.to_string())))??;
 
+        let learner = Arc::new(learning::runtime::Learner::new(
+            db_path.clone(),
+            models_dir(&data_dir),
+            learning_config,
+            max_fan_level,
+            metrics.clone(),
+        ));
+        let mut jobs = learning::runtime::spawn(learning::runtime::RuntimeParts {
+            learner: learner.clone(),
+            engine: engine.clone(),
+            topics: Topics::new(&base_topic),
+            clock: Arc::new(schedule::SystemClock),
+        })
+        .await;
         let app = http::AppState {
             engine: engine.clone(),
             metrics: metrics.clone(),
             db_path: db_path.clone(),
             mqtt_listeners: broker.listeners.clone(),
             hub_id: hub_id.clone(),
+            learner: learner.clone(),
         };
-        let mut jobs = Vec::new();
         if retention_days > 0 {
             let writer = store.writer();
             let nightly =
@@ -230,6 +250,7 @@ impl Hub {
         });
         Ok(Hub {
             engine,
+            learner,
             metrics,
             hub_id,
             http_addr,

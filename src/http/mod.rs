@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+pub mod predictions;
+
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +27,7 @@ pub struct AppState {
     pub db_path: PathBuf,
     pub mqtt_listeners: Vec<(&'static str, SocketAddr)>,
     pub hub_id: String,
+    pub learner: Arc<crate::learning::runtime::Learner>,
 }
 
 impl AppState {
@@ -64,6 +67,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(predictions::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
