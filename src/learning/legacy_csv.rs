@@ -430,6 +430,30 @@ mod tests {
         assert_eq!(fan.rows[0].inputs.outside_temperature, None);
         assert_eq!(fan.rows[0].label, 6);
 
+        // Import: rows outside the contract's ranges are skipped and named; a second import of the
+        // same files changes nothing; imported rows train like any other.
+        let db = dir.path().join("data/smarthub.db");
+        let mut conn = crate::store::open_migrated(&db).unwrap();
+        let first = import(&mut conn, light, 1, &mut |_| {}).unwrap();
+        assert_eq!((first.imported, first.already, first.skipped), (1, 0, 1));
+        assert!(first.skipped_examples[0].contains("line 3"), "{first:?}");
+        let again = import(&mut conn, light, 2, &mut |_| {}).unwrap();
+        assert_eq!((again.imported, again.already, again.skipped), (0, 1, 1));
+        import(&mut conn, fan, 1, &mut |_| {}).unwrap();
+        let (source, backdated, day, label_source): (String, bool, u8, String) = conn
+            .query_row(
+                "SELECT source, backdated, day_of_week, label_source FROM light_readings",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(source, "import");
+        assert!(backdated);
+        assert!((1..=7).contains(&day));
+        assert_eq!(label_source, "node");
+        let set = super::super::TrainingSet::load(&conn, Target::Fan).unwrap();
+        assert_eq!(set.labels, vec![6]);
+
         std::fs::write(
             dir.path().join("tv_dataSert.csv"),
             "id,timeOfDay,dayOfWeek,motionDetection,channelOn\r\n1,17:05:46.27,3,maybe,2\r\n",

@@ -186,7 +186,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             min_rows: 30,
-            selection_rows: 20_000,
+            selection_rows: 10_000,
             threads: models::cores(),
             candidates: None,
             seed: 42,

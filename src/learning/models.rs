@@ -412,7 +412,7 @@ impl Logistic {
         let fitted = if n_classes == 2 {
             let model = linfa_logistic::LogisticRegression::default()
                 .alpha(alpha)
-                .max_iterations(150)
+                .max_iterations(100)
                 .fit(&Dataset::new(xs, targets))
                 .map_err(|e| FitError(e.to_string()))?;
             let positive = model.labels().pos.class;
@@ -420,7 +420,7 @@ impl Logistic {
         } else {
             let model = linfa_logistic::MultiLogisticRegression::default()
                 .alpha(alpha)
-                .max_iterations(150)
+                .max_iterations(100)
                 .fit(&Dataset::new(xs, targets))
                 .map_err(|e| FitError(e.to_string()))?;
             LogisticFit::Multi(model)
@@ -789,6 +789,11 @@ fn best_split(
     best
 }
 
+/// Rows drawn for each forest tree's bootstrap sample: all of them up to this many (as scikit-learn
+/// does), then this many (scikit-learn's `max_samples`), so a forest on a year of readings fits in
+/// seconds while its trees together still see every row.
+pub const MAX_TREE_SAMPLES: usize = 100_000;
+
 /// Trees on bootstrap samples (as counts), probabilities averaged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Forest {
@@ -813,10 +818,23 @@ impl Forest {
             let mut rng =
                 StdRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut weights = vec![0u32; y.len()];
-            for _ in 0..y.len() {
+            for _ in 0..y.len().min(MAX_TREE_SAMPLES) {
                 weights[rng.gen_range(0..y.len())] += 1;
             }
-            Tree::fit(&binned, y, &weights, n_classes, params, &mut rng)
+            // The tree works on a compact copy of its sample (a few MB at most): node scans then
+            // stay in cache instead of striding across every row of a large history.
+            let rows: Vec<usize> = (0..y.len()).filter(|&i| weights[i] > 0).collect();
+            let local = Binned {
+                cuts: binned.cuts.clone(),
+                bins: binned
+                    .bins
+                    .iter()
+                    .map(|col| rows.iter().map(|&i| col[i]).collect())
+                    .collect(),
+            };
+            let local_y: Vec<u16> = rows.iter().map(|&i| y[i]).collect();
+            let local_w: Vec<u32> = rows.iter().map(|&i| weights[i]).collect();
+            Tree::fit(&local, &local_y, &local_w, n_classes, params, &mut rng)
         };
         let mut trees: Vec<(usize, Tree)> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
