@@ -176,7 +176,11 @@ pub fn read(path: &Path, target: Target) -> Result<LegacyFile, LearningError> {
         let mut problems = Vec::new();
         let mut check = |name: &str, v: f64, lo: f64, hi: f64| {
             if !(lo..=hi).contains(&v) {
-                problems.push(format!("{name} {v} is outside {lo}..={hi}"));
+                problems.push(if hi.is_finite() {
+                    format!("{name} {v} is outside {lo}..={hi}")
+                } else {
+                    format!("{name} {v} is below {lo}")
+                });
             }
         };
         let (inputs, label, weather) = match target {
@@ -184,7 +188,7 @@ pub fn read(path: &Path, target: Target) -> Result<LegacyFile, LearningError> {
                 let temperature = number(2, "temperature")?;
                 let intensity = number(6, "LightIntensity")?;
                 check("temperature", temperature, -50.0, 100.0);
-                check("LightIntensity", intensity, 0.0, f64::MAX);
+                check("LightIntensity", intensity, 0.0, f64::INFINITY);
                 let weather = field(4, "weatherConditions")?;
                 (
                     Inputs {

@@ -264,7 +264,33 @@ pub fn register(
         version_from_row,
     )?;
     tx.commit()?;
+    prune(&conn, models_dir, target);
     Ok(Outcome::Promoted(version))
+}
+
+/// Versions kept per target (the active one and the newest before it); older ones and their files
+/// go, so a nightly retrain does not fill the disk.
+pub const KEEP_VERSIONS: usize = 5;
+
+fn prune(conn: &Connection, models_dir: &Path, target: Target) {
+    let old = match versions(conn, target) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "old model versions not pruned");
+            return;
+        }
+    };
+    let dir = target_dir(models_dir, target);
+    for v in old.iter().filter(|v| !v.active).skip(KEEP_VERSIONS - 1) {
+        for file in [v.file.clone(), v.file.replace(".json", ".metrics.json")] {
+            if !file.is_empty() {
+                let _ = std::fs::remove_file(dir.join(file));
+            }
+        }
+        if let Err(e) = conn.execute("DELETE FROM model_versions WHERE id = ?1", [v.id]) {
+            tracing::warn!(error = %e, "old model version not pruned");
+        }
+    }
 }
 
 /// Reads and checks a model file of `target`. Missing or corrupt files are errors, never panics.

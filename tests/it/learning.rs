@@ -544,3 +544,26 @@ async fn retrain_is_atomic_and_predictions_keep_flowing() {
     let mut hub = hub;
     hub.stop().await;
 }
+
+/// Retraining keeps the newest versions only: older model files and rows are removed.
+#[test]
+fn old_model_versions_are_pruned() {
+    let dir = trained_dir(100);
+    let db = smarthub::database_path(dir.path());
+    let models = smarthub::models_dir(dir.path());
+    for _ in 0..registry::KEEP_VERSIONS + 1 {
+        let done = learning::retrain(&db, &models, Target::Light, &quick()).unwrap();
+        assert!(
+            matches!(done.outcome, Outcome::Promoted(_)),
+            "as good is kept"
+        );
+    }
+    let conn = smarthub::store::open_reader(&db).unwrap();
+    let versions = registry::versions(&conn, Target::Light).unwrap();
+    assert_eq!(versions.len(), registry::KEEP_VERSIONS);
+    assert!(versions[0].active);
+    let files = std::fs::read_dir(registry::target_dir(&models, Target::Light))
+        .unwrap()
+        .count();
+    assert_eq!(files, 2 * registry::KEEP_VERSIONS);
+}
