@@ -567,3 +567,68 @@ fn old_model_versions_are_pruned() {
         .count();
     assert_eq!(files, 2 * registry::KEEP_VERSIONS);
 }
+
+/// Writes `rows` generated rows in the old backend's export format (the files `smarthub eval` and
+/// `smarthub import` read).
+fn write_legacy_exports(dir: &Path, rows: usize, seed: u64) {
+    let mut gen = Generator::new(seed, 300.0, 0.02);
+    let time = |s: f64| {
+        let s = s as u64;
+        format!("{:02}:{:02}:{:02}.000000", s / 3600, s / 60 % 60, s % 60)
+    };
+    let mut light = String::from(
+        "id,timeOfDay,temperature,dayOfWeek,weatherConditions,motionDetection,LightIntensity,active\r\n",
+    );
+    let mut tv = String::from("id,timeOfDay,dayOfWeek,motionDetection,channelOn\r\n");
+    for id in 1..=rows {
+        let (i, l) = gen.next(Target::Light);
+        light.push_str(&format!(
+            "{id},{},{:.1},{},clear sky,{},{:.1},{}\r\n",
+            time(i.time_of_day_s),
+            i.temperature.unwrap(),
+            i.day_of_week,
+            if i.motion { "Yes" } else { "No" },
+            i.light_intensity.unwrap(),
+            if l == 1 { "True" } else { "False" }
+        ));
+        let (i, l) = gen.next(Target::Tv);
+        tv.push_str(&format!(
+            "{id},{},{},{},{l}\r\n",
+            time(i.time_of_day_s),
+            i.day_of_week,
+            if i.motion { "True" } else { "False" }
+        ));
+    }
+    std::fs::write(dir.join("light_dataset.csv"), light).unwrap();
+    std::fs::write(dir.join("tv_dataSert.csv"), tv).unwrap();
+}
+
+/// `smarthub eval` on old-format exports: 5-fold CV, and trained on one directory scored on another.
+#[test]
+fn eval_scores_candidates_on_old_exports() {
+    let train = tempfile::tempdir().unwrap();
+    let holdout = tempfile::tempdir().unwrap();
+    write_legacy_exports(train.path(), 300, 1);
+    write_legacy_exports(holdout.path(), 150, 2);
+    for holdout_dir in [None, Some(holdout.path())] {
+        let mut steps = 0;
+        let report =
+            learning::eval::evaluate(train.path(), holdout_dir, &quick(), &mut |_| steps += 1)
+                .unwrap();
+        assert_eq!(steps, 4, "two targets × two candidates");
+        let json = serde_json::to_value(&report).unwrap();
+        let targets = json["targets"].as_array().unwrap();
+        assert_eq!(targets.len(), 2);
+        for t in targets {
+            assert!(t["accuracy"].as_f64().unwrap() > 0.85, "{t}");
+            assert!(t["balanced_accuracy"].as_f64().unwrap() > 0.7, "{t}");
+            assert_eq!(t["candidates"].as_array().unwrap().len(), 2);
+            assert!(t["chosen"].as_str().is_some());
+        }
+        assert_eq!(
+            targets[0]["holdout_rows"].as_u64(),
+            holdout_dir.map(|_| 150)
+        );
+        assert!(report.table().contains("| candidate | accuracy |"));
+    }
+}
