@@ -174,7 +174,10 @@ pub fn register(
     let id = {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(active) = active_version(&tx, target)? {
-            if new_key < active.key() {
+            // An active model whose file is gone or corrupt protects nothing: any new model wins.
+            let usable =
+                || load_file(&target_dir(models_dir, target).join(&active.file), target).is_ok();
+            if new_key < active.key() && usable() {
                 tracing::info!(
                     target = target.as_str(),
                     active = active.file,

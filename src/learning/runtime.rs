@@ -614,9 +614,3 @@ async fn handle_prediction(
         Mode::User => {}
     }
 }
-
-impl Learner {
-    pub fn db_path(&self) -> &std::path::Path {
-        &self.db_path
-    }
-}

@@ -199,6 +199,15 @@ fn a_worse_candidate_never_replaces_a_better_active_model() {
         .collect();
     assert_eq!(files.len(), 2, "one model and its metrics file: {files:?}");
     assert!(files.iter().any(|f| f == &good.file));
+
+    // An active model whose file is corrupt protects nothing: the new one is kept.
+    std::fs::write(
+        registry::target_dir(&models, Target::Light).join(&good.file),
+        b"not json",
+    )
+    .unwrap();
+    let done = learning::retrain(&db, &models, Target::Light, &quick()).unwrap();
+    assert!(matches!(done.outcome, Outcome::Promoted(_)));
 }
 
 struct FakeClock(std::sync::Mutex<DateTime<Local>>);
