@@ -30,6 +30,7 @@ const OUR_SECTIONS: &[&str] = &[
     "door",
     "mqtt_auth",
     "homeassistant",
+    "learning",
 ];
 const ROUTER_KEYS: &[&str] = &[
     "max_connections",
@@ -210,6 +211,40 @@ impl Default for HomeAssistantSection {
     }
 }
 
+/// `[learning]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearningSection {
+    /// When the models are retrained (cron, seconds first, local time). Default `0 0 0 * * *`.
+    pub retrain_cron: String,
+    /// Also predict from the latest readings on this schedule; empty: only on new readings. Default "".
+    pub predict_cron: String,
+    /// Fewer labelled rows than this: no model for the target. Default 30.
+    pub min_rows: usize,
+    /// Smart and Assisted modes act only on predictions at least this probable. Default 0.7.
+    pub min_confidence: f64,
+    /// Least time between two automatic actions (changes or suggestions) on one thing. Default 5.
+    pub hold_minutes: u64,
+    /// A manual change to a thing suspends automatic changes to it this long. Default 30.
+    pub manual_override_minutes: u64,
+    /// How often the registry is checked for a model promoted by `smarthub train`. Default 2000.
+    pub registry_poll_ms: u64,
+}
+
+impl Default for LearningSection {
+    fn default() -> Self {
+        LearningSection {
+            retrain_cron: "0 0 0 * * *".into(),
+            predict_cron: String::new(),
+            min_rows: 30,
+            min_confidence: 0.7,
+            hold_minutes: 5,
+            manual_override_minutes: 30,
+            registry_poll_ms: 2000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OurSections {
@@ -225,6 +260,8 @@ struct OurSections {
     mqtt_auth: MqttAuthSection,
     #[serde(default)]
     homeassistant: HomeAssistantSection,
+    #[serde(default)]
+    learning: LearningSection,
 }
 
 /// The whole configuration.
@@ -237,6 +274,7 @@ pub struct Config {
     pub door: DoorSection,
     pub mqtt_auth: MqttAuthSection,
     pub homeassistant: HomeAssistantSection,
+    pub learning: LearningSection,
 }
 
 impl Config {
@@ -302,6 +340,7 @@ impl Config {
             door: our.door,
             mqtt_auth: our.mqtt_auth,
             homeassistant: our.homeassistant,
+            learning: our.learning,
         };
         // Semantic checks also run beside syntax problems, so one run lists everything; they would
         // only invent problems about a rumqttd section that did not parse.
@@ -448,6 +487,27 @@ impl Config {
                 "mqtt_auth.password_file = \"{}\": no such file (create it with `smarthub passwd FILE USER`)",
                 self.mqtt_auth.password_file
             ));
+        }
+        let learning = &self.learning;
+        if let Err(e) = crate::schedule::Schedule::parse(&learning.retrain_cron) {
+            problems.push(format!("learning.retrain_cron: {e}"));
+        }
+        if !learning.predict_cron.is_empty() {
+            if let Err(e) = crate::schedule::Schedule::parse(&learning.predict_cron) {
+                problems.push(format!("learning.predict_cron: {e}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&learning.min_confidence) {
+            problems.push(format!(
+                "learning.min_confidence = {}: use 0..=1",
+                learning.min_confidence
+            ));
+        }
+        if learning.min_rows < 2 {
+            problems.push("learning.min_rows: use at least 2".into());
+        }
+        if learning.registry_poll_ms == 0 {
+            problems.push("learning.registry_poll_ms = 0: use at least 1".into());
         }
         problems.extend(self.validate_homeassistant());
         problems

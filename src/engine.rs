@@ -42,6 +42,12 @@ pub enum Input {
         source: Source,
         reply: Option<oneshot::Sender<Result<(), Rejection>>>,
     },
+    /// Publish a message the hub produced elsewhere (predictions, suggestions) on the engine's link.
+    Publish {
+        topic: String,
+        payload: String,
+        retain: bool,
+    },
     /// Answer once every message the broker accepted before this is committed.
     Drain(Sender<bool>),
     /// Publish `offline` on the hub's status topic.
@@ -71,6 +77,15 @@ pub enum Event {
     /// A node was forgotten (`DELETE /api/v1/nodes/<id>`).
     NodeForgotten {
         node_id: String,
+    },
+    /// A prediction was published on `<base>/prediction/<target>`.
+    Prediction {
+        target: String,
+        message: serde_json::Value,
+    },
+    /// An Assisted-mode suggestion was published on `<base>/suggestion`.
+    Suggestion {
+        message: serde_json::Value,
     },
 }
 
@@ -139,6 +154,15 @@ impl EngineHandle {
     /// The current state (a snapshot).
     pub fn state(&self) -> HomeState {
         self.state.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Publishes a message through the engine's broker link (never blocks).
+    pub fn publish(&self, topic: String, payload: String, retain: bool) {
+        let _ = self.tx.send(Input::Publish {
+            topic,
+            payload,
+            retain,
+        });
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -348,6 +372,14 @@ impl Engine {
                     self.publisher.publish(&marker, "", false);
                     self.drains.push((marker, reply));
                 }
+                Input::Publish {
+                    topic,
+                    payload,
+                    retain,
+                } => {
+                    self.announce(&topic, &payload);
+                    self.publisher.publish(&topic, payload, retain)
+                }
                 Input::PublishOffline => {
                     let status = self.topics.status();
                     self.publisher.publish(&status, "offline", true);
@@ -369,6 +401,24 @@ impl Engine {
                 }
                 Input::Stop => break,
             }
+        }
+    }
+
+    /// Tells live listeners about a prediction or suggestion published for another component.
+    fn announce(&self, topic: &str, payload: &str) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(payload) else {
+            return;
+        };
+        if let Some(target) = self.topics.prediction_target(topic) {
+            let _ = self.events.send(Event::Prediction {
+                target: target.to_owned(),
+                message,
+            });
+        } else if topic == self.topics.suggestion() {
+            let _ = self.events.send(Event::Suggestion { message });
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`store`]: SQLite: one batching writer thread, read-only WAL readers, migrations, backup.
 //! - [`http`]: the axum adapter (health, metrics, REST).
 //! - [`export`]: the legacy CSV/Excel downloads, streamed from SQLite page by page.
+//! - [`learning`]: features, models, cross-validation, the model registry, live predictions and modes.
 //! - [`schedule`]: cron-driven jobs (nightly retention, retraining).
 //! - [`homeassistant`]: MQTT discovery, so the hub, its nodes and predictions appear in Home Assistant.
 //! - [`metrics`], [`auth`]: counters; MQTT passwords.
@@ -28,6 +29,7 @@ pub mod export;
 pub mod home;
 pub mod homeassistant;
 pub mod http;
+pub mod learning;
 pub mod metrics;
 pub mod readings;
 pub mod schedule;
@@ -151,6 +153,7 @@ pub fn load_api_token(config: &Config) -> Result<Option<String>, HubError> {
 /// A running hub: broker, engine, database and HTTP.
 pub struct Hub {
     pub engine: EngineHandle,
+    pub learner: Arc<learning::runtime::Learner>,
     pub metrics: Arc<Metrics>,
     pub hub_id: String,
     pub http_addr: SocketAddr,
@@ -195,6 +198,7 @@ impl Hub {
         let max_fan_level = config.hub.max_fan_level;
         let base_topic = config.hub.base_topic.clone();
         let api_token = load_api_token(&config)?.map(Arc::new);
+        let learning_config = config.learning.clone();
         let blocking = {
             let metrics = metrics.clone();
             let db_path = db_path.clone();
@@ -252,6 +256,20 @@ impl Hub {
                 .await
                 .map_err(|e| HubError::Thread(std::io::Error::other(e.to_string())))??;
 
+        let learner = Arc::new(learning::runtime::Learner::new(
+            db_path.clone(),
+            models_dir(&data_dir),
+            learning_config,
+            max_fan_level,
+            metrics.clone(),
+        ));
+        let mut jobs = learning::runtime::spawn(learning::runtime::RuntimeParts {
+            learner: learner.clone(),
+            engine: engine.clone(),
+            topics: Topics::new(&base_topic),
+            clock: Arc::new(schedule::SystemClock),
+        })
+        .await;
         let app = http::AppState {
             engine: engine.clone(),
             metrics: metrics.clone(),
@@ -260,8 +278,8 @@ impl Hub {
             hub_id: hub_id.clone(),
             max_fan_level,
             api_token,
+            learner: learner.clone(),
         };
-        let mut jobs = Vec::new();
         if let Some((link, events)) = ha {
             let catalog = homeassistant::Catalog {
                 hub_id: hub_id.clone(),
@@ -323,6 +341,7 @@ impl Hub {
         });
         Ok(Hub {
             engine,
+            learner,
             metrics,
             hub_id,
             http_addr,

@@ -119,7 +119,39 @@ CREATE TABLE nodes (
     rejections INTEGER NOT NULL DEFAULT 0
 );
 "#,
-    // Home Assistant discovery configs the hub has published (retained), so that entities which no
+    // 2: learning — the model registry, Assisted-mode suggestions, and which old CSV rows were imported.
+    r#"
+CREATE TABLE model_versions (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    file TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    trained_at_ms INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    accuracy REAL NOT NULL,
+    balanced_accuracy REAL NOT NULL,
+    metrics TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX model_versions_active ON model_versions (target, active);
+CREATE TABLE suggestions (
+    id INTEGER PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    prediction INTEGER NOT NULL,
+    probability REAL NOT NULL,
+    model_used TEXT NOT NULL,
+    read INTEGER NOT NULL DEFAULT 0,
+    answer INTEGER,
+    answered_ms INTEGER
+);
+CREATE TABLE legacy_imports (
+    target TEXT NOT NULL,
+    legacy_id INTEGER NOT NULL,
+    PRIMARY KEY (target, legacy_id)
+);
+"#,
+    // 3: Home Assistant discovery configs the hub has published (retained), so that entities which no
     // longer exist can be removed even after a restart lost the broker's memory. A withdrawn config
     // (`withdrawn_ms` set) is withdrawn again whenever Home Assistant comes online: it may not have been
     // connected when the empty config went out, and an empty retained message leaves nothing behind.
@@ -379,6 +411,21 @@ impl Store {
             let _ = t.join();
         }
     }
+}
+
+/// A read-write connection to a database file, created and migrated when needed: for rare writes
+/// outside the writer thread (the model registry, suggestions, `smarthub import`). SQLite serialises
+/// them with the writer's commits (busy timeout 5 s).
+pub fn open_migrated(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let mut conn = open_rw(path)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
 }
 
 /// A read-only connection to a database file.

@@ -86,6 +86,14 @@ impl Topics {
         format!("{}/prediction/{target}", self.base)
     }
 
+    /// The target of a prediction topic (`<base>/prediction/<target>`).
+    pub fn prediction_target<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(self.base.as_str())?
+            .strip_prefix("/prediction/")
+            .filter(|t| !t.is_empty() && !t.contains('/'))
+    }
+
     pub fn suggestion(&self) -> String {
         format!("{}/suggestion", self.base)
     }

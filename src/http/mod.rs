@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+pub mod predictions;
+
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
@@ -38,6 +40,7 @@ pub struct AppState {
     pub max_fan_level: u8,
     /// When set, state-changing routes need `Authorization: Bearer <token>`.
     pub api_token: Option<Arc<String>>,
+    pub learner: Arc<crate::learning::runtime::Learner>,
 }
 
 impl AppState {
@@ -147,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .merge(legacy::routes())
         .merge(api)
         .merge(exports::routes())
+        .merge(predictions::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

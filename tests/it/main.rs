@@ -5,5 +5,6 @@ mod contracts;
 mod core;
 mod exports;
 mod homeassistant;
+mod learning;
 mod rest;
 mod support;
