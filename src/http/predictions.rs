@@ -45,7 +45,8 @@ async fn prediction(app: AppState, target: Target) -> Result<Json<Value>, ApiErr
     let inputs = app.learner.current_inputs(target);
     let p = app
         .learner
-        .predict(target, inputs)
+        .predict_async(target, inputs)
+        .await
         .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why))?;
     let mut body = p.payload();
     let obj = body.as_object_mut().expect("a JSON object");

@@ -7,7 +7,8 @@
 //! - the registry is polled so a model promoted by `smarthub train` beside the hub is picked up;
 //! - the nightly retrain (and optional scheduled predictions) run from cron schedules.
 //!
-//! Training and SQLite run on `spawn_blocking`; a prediction itself is microseconds of arithmetic.
+//! Training, SQLite and kNN queries run on `spawn_blocking`; other predictions are microseconds of
+//! arithmetic.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -298,6 +299,26 @@ impl Learner {
         })
     }
 
+    /// [`Learner::predict`] from async code: a kNN model answers from its index thread, so its query
+    /// waits on a channel and runs on a blocking thread; the other families are a few microseconds of
+    /// arithmetic and run in place.
+    pub async fn predict_async(
+        self: &Arc<Self>,
+        target: Target,
+        inputs: Inputs,
+    ) -> Result<Prediction, String> {
+        let is_knn = self
+            .model(target)
+            .is_some_and(|m| matches!(m.model.kind, super::models::ModelKind::Knn(_)));
+        if !is_knn {
+            return self.predict(target, inputs);
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.predict(target, inputs))
+            .await
+            .map_err(|e| format!("prediction task failed: {e}"))?
+    }
+
     /// Retrains every target now (one retrain at a time; a second call waits for the first).
     pub async fn retrain_all(self: &Arc<Self>) {
         let _guard = self.retraining.lock().await;
@@ -561,7 +582,7 @@ async fn handle_prediction(
     target: Target,
     inputs: Inputs,
 ) {
-    let Ok(p) = learner.predict(target, inputs) else {
+    let Ok(p) = learner.predict_async(target, inputs).await else {
         return;
     };
     engine.publish(

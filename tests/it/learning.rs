@@ -33,18 +33,17 @@ fn quick() -> TrainOptions {
 
 /// A data directory whose database holds `rows` synthetic rows of each target and a trained light model.
 fn trained_dir(rows: usize) -> tempfile::TempDir {
+    trained_dir_with(rows, &quick())
+}
+
+fn trained_dir_with(rows: usize, opts: &TrainOptions) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let db = smarthub::database_path(dir.path());
     let mut conn = smarthub::store::open_migrated(&db).unwrap();
     synthetic::fill(&mut conn, Target::Light, rows, 1, &mut |_| {}).unwrap();
     drop(conn);
-    let done = learning::retrain(
-        &db,
-        &smarthub::models_dir(dir.path()),
-        Target::Light,
-        &quick(),
-    )
-    .unwrap();
+    let done =
+        learning::retrain(&db, &smarthub::models_dir(dir.path()), Target::Light, opts).unwrap();
     assert!(matches!(done.outcome, Outcome::Promoted(_)));
     dir
 }
@@ -640,4 +639,35 @@ fn eval_scores_candidates_on_old_exports() {
         );
         assert!(report.table().contains("| candidate | accuracy |"));
     }
+}
+
+/// A kNN model (its KdTree rebuilt from the file when the hub loads it) serves live and REST predictions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_knn_model_is_rebuilt_on_load_and_predicts() {
+    let opts = TrainOptions {
+        candidates: Some(vec![Spec::Knn {
+            k: 5,
+            manhattan: true,
+        }]),
+        ..quick()
+    };
+    let hub = start_with(trained_dir_with(300, &opts)).await;
+    let model = hub.hub().learner.model(Target::Light).unwrap();
+    assert!(model.version.algorithm.starts_with("knn"));
+    let mut sub = hub.mqtt("watcher").await;
+    sub.subscribe("smarthub/prediction/light").await;
+    let node = hub.mqtt("node").await;
+    node.publish("smarthub/nodes/lamp/light", DARK_MOTION).await;
+    let p = json(&sub.next_on("smarthub/prediction/light").await);
+    assert_eq!(p["prediction"], 1, "{p}");
+    assert!(p["model_used"].as_str().unwrap().contains("light-"));
+    let r = reqwest::get(hub.url("/prediction_light")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["Predicted class"], 1,
+        "the latest reading is the dark one: {body}"
+    );
+    let mut hub = hub;
+    hub.stop().await;
 }
