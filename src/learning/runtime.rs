@@ -369,7 +369,11 @@ impl Learner {
 
     fn note_manual(&self, target: Target) {
         if let Ok(mut a) = self.actions.lock() {
-            a.entry(target).or_default().manual_at = Some(Instant::now());
+            let a = a.entry(target).or_default();
+            a.manual_at = Some(Instant::now());
+            // A person set a new state: a prediction acted on before may be acted on again (after
+            // the override) — "the same situation" now means this new state.
+            a.last_key = None;
         }
     }
 
@@ -633,5 +637,84 @@ async fn handle_prediction(
             }
         }
         Mode::User => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn learner(hold_minutes: u64, manual_override_minutes: u64) -> Learner {
+        Learner::new(
+            PathBuf::from("/nonexistent/smarthub.db"),
+            PathBuf::from("/nonexistent/models"),
+            LearningSection {
+                min_confidence: 0.7,
+                hold_minutes,
+                manual_override_minutes,
+                ..LearningSection::default()
+            },
+            3,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn light_on(confidence: f64) -> Prediction {
+        Prediction {
+            target: Target::Light,
+            prediction: 1,
+            classes: vec![(0, 1.0 - confidence), (1, confidence)],
+            model_used: "light-x.json".into(),
+            timestamp: String::new(),
+            inputs: Inputs::default(),
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn acts_once_per_situation_and_the_user_wins() {
+        let off = HomeState::default();
+        let l = learner(0, 0);
+        assert!(!l.may_act(&light_on(0.6), &off), "not confident enough");
+        let on = HomeState {
+            light: true,
+            ..HomeState::default()
+        };
+        assert!(!l.may_act(&light_on(0.9), &on), "already so");
+        assert!(l.may_act(&light_on(0.9), &off));
+        assert!(
+            !l.may_act(&light_on(0.9), &off),
+            "never twice for the same state"
+        );
+        // A person switched it (off again): the next evening's prediction may act again.
+        l.note_manual(Target::Light);
+        assert!(l.may_act(&light_on(0.9), &off));
+
+        let l = learner(0, 30);
+        l.note_manual(Target::Light);
+        assert!(
+            !l.may_act(&light_on(0.99), &off),
+            "suspended after a manual change"
+        );
+
+        let l = learner(5, 0);
+        assert!(l.may_act(&light_on(0.9), &off));
+        let fan = Prediction {
+            target: Target::Fan,
+            prediction: 6,
+            classes: vec![(6, 1.0)],
+            ..light_on(1.0)
+        };
+        assert!(!l.may_act(&fan, &off), "above max_fan_level");
+    }
+
+    #[test]
+    fn payload_lists_every_class() {
+        let p = light_on(0.75);
+        let v = p.payload();
+        assert_eq!(v["prediction"], 1);
+        assert_eq!(v["probabilities"]["0"], 0.25);
+        assert_eq!(v["probabilities"]["1"], 0.75);
+        assert_eq!(v["model_used"], "light-x.json");
     }
 }
