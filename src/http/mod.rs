@@ -1,12 +1,12 @@
 //! The HTTP adapter (axum): health, metrics, and the REST routes. Handlers only parse and validate, then
 //! send the engine the same commands MQTT sends, or read the same state.
 
+pub mod predictions;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-
-pub mod predictions;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
