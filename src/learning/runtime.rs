@@ -238,7 +238,8 @@ impl Learner {
         }
     }
 
-    /// Remembers the latest reading inputs of each kind; loads them from the database at start.
+    /// Remembers the latest reading inputs of each kind; at start, the last stored row of each kind
+    /// (also an imported or back-dated one: its measurements are still the newest the hub has).
     fn remember(&self, kind: ReadingKind, inputs: Inputs) {
         if let Ok(mut l) = self.latest.lock() {
             l.by_kind.insert(kind, inputs);
@@ -437,7 +438,7 @@ fn last_inputs(
 ) -> Result<Option<Inputs>, LearningError> {
     let table = crate::store::table(target.kind());
     let sql = format!(
-        "SELECT time_of_day_s, day_of_week, month, motion, {} FROM {table} WHERE backdated = 0 ORDER BY id DESC LIMIT 1",
+        "SELECT time_of_day_s, day_of_week, month, motion, {} FROM {table} ORDER BY id DESC LIMIT 1",
         match target {
             Target::Light => "temperature, light_intensity, NULL, NULL, NULL, NULL",
             Target::Tv => "NULL, NULL, NULL, NULL, NULL, NULL",

@@ -683,3 +683,19 @@ async fn a_knn_model_is_rebuilt_on_load_and_predicts() {
     let mut hub = hub;
     hub.stop().await;
 }
+
+/// `[learning] predict_cron` predicts from the latest readings on a schedule, without a new reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_predictions_use_the_latest_readings() {
+    let mut config = test_config();
+    config.learning.predict_cron = "* * * * * *".into();
+    let hub = TestHub::start_in(trained_dir(300), config).await;
+    let mut sub = hub.mqtt("watcher").await;
+    sub.subscribe("smarthub/prediction/light").await;
+    let p = json(&sub.next_on("smarthub/prediction/light").await);
+    assert!(schema("prediction").is_valid(&p), "{p}");
+    // The last stored light row's measurements, at the current time.
+    assert!(p["inputs"]["light_intensity"].as_f64().is_some(), "{p}");
+    let mut hub = hub;
+    hub.stop().await;
+}
