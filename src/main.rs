@@ -79,6 +79,9 @@ enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Also estimate the whole choice by nested cross-validation (5 outer x 5 inner folds).
+        #[arg(long)]
+        nested: bool,
     },
     /// Import CSV exports of the old backend into the hub's database (idempotent: rows already
     /// imported are skipped). Stop the hub first or run it beside: each file is one transaction.
@@ -285,6 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dataset_dir,
             holdout_dir,
             json,
+            nested,
         } => {
             let opts = TrainOptions {
                 selection_rows: usize::MAX,
@@ -294,11 +298,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .filter(|(_, name, _)| dataset_dir.join(name).is_file())
                 .count()
-                * learning::models::Spec::candidates(1).len()) as u64;
+                * (learning::models::Spec::candidates(1).len() + usize::from(nested)))
+                as u64;
             let mut progress = Progress::new("evaluating", total);
             let report = learning::eval::evaluate(
                 &dataset_dir,
                 holdout_dir.as_deref(),
+                nested,
                 &opts,
                 &mut |what| progress.step(what),
             )

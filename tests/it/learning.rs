@@ -630,16 +630,43 @@ fn eval_scores_candidates_on_old_exports() {
     let holdout = tempfile::tempdir().unwrap();
     write_legacy_exports(train.path(), 300, 1);
     write_legacy_exports(holdout.path(), 150, 2);
+    // Two quick families (logistic regression is the slow one in a debug build).
+    let fast = TrainOptions {
+        candidates: Some(vec![
+            Spec::Tree {
+                max_depth: 0,
+                min_samples_leaf: 1,
+            },
+            Spec::Knn {
+                k: 3,
+                manhattan: true,
+            },
+        ]),
+        ..quick()
+    };
     for holdout_dir in [None, Some(holdout.path())] {
         let mut steps = 0;
+        let nested = holdout_dir.is_none();
         let report =
-            learning::eval::evaluate(train.path(), holdout_dir, &quick(), &mut |_| steps += 1)
-                .unwrap();
-        assert_eq!(steps, 4, "two targets × two candidates");
+            learning::eval::evaluate(train.path(), holdout_dir, nested, &fast, &mut |_| {
+                steps += 1
+            })
+            .unwrap();
+        assert_eq!(
+            steps,
+            if nested { 6 } else { 4 },
+            "two targets × (two candidates + nested)"
+        );
         let json = serde_json::to_value(&report).unwrap();
         let targets = json["targets"].as_array().unwrap();
         assert_eq!(targets.len(), 2);
         for t in targets {
+            if nested {
+                assert!(t["nested"]["accuracy"].as_f64().unwrap() > 0.85, "{t}");
+                assert_eq!(t["nested"]["chosen"].as_array().unwrap().len(), 5);
+            } else {
+                assert!(t.get("nested").is_none());
+            }
             assert!(t["accuracy"].as_f64().unwrap() > 0.85, "{t}");
             assert!(t["balanced_accuracy"].as_f64().unwrap() > 0.7, "{t}");
             assert_eq!(t["candidates"].as_array().unwrap().len(), 2);
