@@ -345,7 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchTrain { rows, keep, json } => {
-            let tmp;
+            let mut tmp = None;
             let dir = match keep {
                 Some(d) => {
                     if d.exists() {
@@ -354,8 +354,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     d
                 }
                 None => {
-                    tmp = tempfile_dir()?;
-                    tmp.clone()
+                    let d = tempfile_dir()?;
+                    tmp = Some(d.clone());
+                    d
                 }
             };
             let mut progress = Progress::new("bench-train", 0);
@@ -363,6 +364,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 progress.step(what)
             });
             progress.finish();
+            if let Some(d) = tmp {
+                // Hundreds of MB of generated rows: only kept when asked (--keep).
+                let _ = std::fs::remove_dir_all(d);
+            }
             let report = report?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -412,7 +417,7 @@ fn parse_targets(target: Option<&str>) -> anyhow::Result<Vec<Target>> {
     }
 }
 
-/// A fresh directory under the system temp dir for `bench-train` (left behind for inspection).
+/// A fresh directory under the system temp dir for `bench-train` (removed after the run).
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "smarthub-bench-{}-{}",
