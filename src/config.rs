@@ -714,6 +714,22 @@ mod tests {
     }
 
     #[test]
+    fn learning_section_is_checked() {
+        let text = DEFAULT_CONFIG
+            .replace(
+                "retrain_cron = \"0 0 0 * * *\"",
+                "retrain_cron = \"every night\"",
+            )
+            .replace("min_confidence = 0.7", "min_confidence = 1.5");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("learning.retrain_cron"), "{err}");
+        assert!(err.contains("learning.min_confidence"), "{err}");
+        let c = Config::default_config();
+        assert_eq!(c.learning.retrain_cron, "0 0 0 * * *");
+        assert_eq!(c.learning.manual_override_minutes, 30);
+    }
+
+    #[test]
     fn mqtt5_flag_enables_v5() {
         let mut c = Config::default_config();
         c.set_mqtt5_listen("127.0.0.1:1999".parse().unwrap())

@@ -79,6 +79,9 @@ enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Also estimate the whole choice by nested cross-validation (5 outer x 5 inner folds).
+        #[arg(long)]
+        nested: bool,
     },
     /// Import CSV exports of the old backend into the hub's database (idempotent: rows already
     /// imported are skipped). Stop the hub first or run it beside: each file is one transaction.
@@ -279,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dataset_dir,
             holdout_dir,
             json,
+            nested,
         } => {
             let opts = TrainOptions {
                 selection_rows: usize::MAX,
@@ -288,11 +292,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .filter(|(_, name, _)| dataset_dir.join(name).is_file())
                 .count()
-                * learning::models::Spec::candidates(1).len()) as u64;
+                * (learning::models::Spec::candidates(1).len() + usize::from(nested)))
+                as u64;
             let mut progress = Progress::new("evaluating", total);
             let report = learning::eval::evaluate(
                 &dataset_dir,
                 holdout_dir.as_deref(),
+                nested,
                 &opts,
                 &mut |what| progress.step(what),
             )
@@ -333,7 +339,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchTrain { rows, keep, json } => {
-            let tmp;
+            let mut tmp = None;
             let dir = match keep {
                 Some(d) => {
                     if d.exists() {
@@ -342,8 +348,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     d
                 }
                 None => {
-                    tmp = tempfile_dir()?;
-                    tmp.clone()
+                    let d = tempfile_dir()?;
+                    tmp = Some(d.clone());
+                    d
                 }
             };
             let mut progress = Progress::new("bench-train", 0);
@@ -351,6 +358,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 progress.step(what)
             });
             progress.finish();
+            if let Some(d) = tmp {
+                // Hundreds of MB of generated rows: only kept when asked (--keep).
+                let _ = std::fs::remove_dir_all(d);
+            }
             let report = report?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -400,7 +411,7 @@ fn parse_targets(target: Option<&str>) -> anyhow::Result<Vec<Target>> {
     }
 }
 
-/// A fresh directory under the system temp dir for `bench-train` (left behind for inspection).
+/// A fresh directory under the system temp dir for `bench-train` (removed after the run).
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "smarthub-bench-{}-{}",

@@ -43,6 +43,7 @@ pub fn routes() -> (Router<AppState>, Arc<utoipa::openapi::OpenApi>) {
         .routes(routes!(get_readings))
         .routes(routes!(get_nodes))
         .routes(routes!(super::nodes::forget))
+        .routes(routes!(super::predictions::train))
         .routes(routes!(stream::stream))
         .routes(routes!(openapi_json))
         .split_for_parts();

@@ -3,15 +3,16 @@
 //! send the engine the same commands MQTT sends, or read the same state.
 
 pub mod api;
+pub mod exports;
 pub mod legacy;
+mod nodes;
+pub mod predictions;
 pub mod stream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-
-pub mod predictions;
 
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -25,9 +26,6 @@ use crate::broker::count_tcp_sockets;
 use crate::engine::EngineHandle;
 use crate::home::CommandError;
 use crate::metrics::Metrics;
-
-pub mod exports;
-mod nodes;
 
 /// What every handler can reach.
 #[derive(Clone)]

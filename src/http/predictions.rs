@@ -3,7 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -37,7 +37,6 @@ pub fn routes() -> Router<AppState> {
     .route("/answer_predict/{id}/{answer}/", get(answer))
     .route("/set_notification_read/{id}", get(set_read))
     .route("/set_notification_read/{id}/", get(set_read))
-    .route("/api/v1/train", post(train))
 }
 
 /// A prediction from the latest readings, in every key style the legacy app and README use.
@@ -45,7 +44,8 @@ async fn prediction(app: AppState, target: Target) -> Result<Json<Value>, ApiErr
     let inputs = app.learner.current_inputs(target);
     let p = app
         .learner
-        .predict(target, inputs)
+        .predict_async(target, inputs)
+        .await
         .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why))?;
     let mut body = p.payload();
     let obj = body.as_object_mut().expect("a JSON object");
@@ -155,7 +155,10 @@ async fn set_read(
 }
 
 /// Starts a retrain of every target in the background (one at a time).
-async fn train(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(post, path = "/api/v1/train", tag = "state",
+    responses((status = 202, description = "retrain started (or queued behind the running one)"),
+              (status = 401, body = super::api::ErrorBody)))]
+pub async fn train(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let running = app.learner.is_retraining();
     let learner = app.learner.clone();
     tokio::spawn(async move { learner.retrain_all().await });

@@ -156,6 +156,42 @@ pub fn holdout(
     }
 }
 
+/// Nested cross-validation: in each outer fold the candidate is chosen by an inner 5-fold CV of the
+/// training rows alone, then fitted on them and scored on the held-out fold. Unlike the chosen
+/// candidate's plain CV score, no choice ever sees the rows it is scored on. Returns (accuracy,
+/// balanced accuracy, the candidate chosen in each outer fold).
+pub fn nested(
+    specs: &[Spec],
+    x: &Matrix,
+    y: &[u16],
+    classes: &[i64],
+    core_columns: &[usize],
+    threads: usize,
+    seed: u64,
+) -> Result<(f64, f64, Vec<String>), FitError> {
+    let mut predicted = vec![0usize; x.rows];
+    let mut chosen = Vec::new();
+    for k in 0..FOLDS {
+        let train: Vec<usize> = (0..x.rows).filter(|i| i % FOLDS != k).collect();
+        let test: Vec<usize> = (0..x.rows).filter(|i| i % FOLDS == k).collect();
+        let tx = x.select(&train);
+        let ty: Vec<u16> = train.iter().map(|&i| y[i]).collect();
+        let scores: Vec<Score> = specs
+            .iter()
+            .map(|s| cross_validate(s, &tx, &ty, classes, core_columns, threads, seed))
+            .collect();
+        let best = best(&scores).ok_or_else(|| FitError("every candidate failed".into()))?;
+        chosen.push(specs[best].name());
+        let model = Model::fit(&specs[best], &tx, &ty, classes, core_columns, threads, seed)?;
+        for (&i, p) in test.iter().zip(model.predict_batch(&x.select(&test))?) {
+            predicted[i] = argmax(&p);
+        }
+    }
+    let truth: Vec<usize> = y.iter().map(|c| usize::from(*c)).collect();
+    let (accuracy, balanced) = scores(&truth, &predicted, classes.len());
+    Ok((accuracy, balanced, chosen))
+}
+
 /// Index of the best scored candidate (failures never win); the first of equals.
 pub fn best(scores: &[Score]) -> Option<usize> {
     let mut best: Option<usize> = None;

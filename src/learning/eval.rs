@@ -23,7 +23,19 @@ pub struct TargetEval {
     pub rows: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holdout_rows: Option<usize>,
+    /// With `--nested`: the selection-free estimate (see [`cv::nested`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nested: Option<Nested>,
     pub candidates: Vec<Score>,
+}
+
+/// Nested cross-validation of the whole selection procedure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Nested {
+    pub accuracy: f64,
+    pub balanced_accuracy: f64,
+    /// The candidate each outer fold chose.
+    pub chosen: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +55,7 @@ fn to_set(file: &LegacyFile) -> TrainingSet {
 pub fn evaluate(
     dataset_dir: &Path,
     holdout_dir: Option<&Path>,
+    nested: bool,
     opts: &TrainOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<EvalReport, LearningError> {
@@ -117,7 +130,27 @@ pub fn evaluate(
                 (scores, Some(test.len()))
             }
         };
+        let nested = if nested {
+            progress(&format!("{} nested cross-validation", file.target));
+            let (accuracy, balanced_accuracy, chosen) = cv::nested(
+                &candidates,
+                &set.x,
+                &y,
+                &classes,
+                &core,
+                opts.threads,
+                opts.seed,
+            )?;
+            Some(Nested {
+                accuracy,
+                balanced_accuracy,
+                chosen,
+            })
+        } else {
+            None
+        };
         targets.push(TargetEval {
+            nested,
             target: file.target,
             chosen: scores[best].candidate.clone(),
             accuracy: scores[best].accuracy,
@@ -146,6 +179,14 @@ impl EvalReport {
                 t.accuracy,
                 t.balanced_accuracy
             ));
+            if let Some(n) = &t.nested {
+                out.push_str(&format!(
+                    "Nested 5x5-fold CV of the whole choice: accuracy {:.4}, balanced accuracy {:.4} (chosen per outer fold: {})\n\n",
+                    n.accuracy,
+                    n.balanced_accuracy,
+                    n.chosen.join(", ")
+                ));
+            }
             out.push_str("| candidate | accuracy | balanced accuracy | time (s) |\n");
             out.push_str("|---|---|---|---|\n");
             for c in &t.candidates {

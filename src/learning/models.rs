@@ -1058,10 +1058,15 @@ impl Model {
             ));
         }
         let cols = self.columns.len();
+        let scaler_ok = |s: &Scaler| {
+            s.mean.len() == cols
+                && s.scale.len() == cols
+                && s.mean.iter().all(|m| m.is_finite())
+                && s.scale.iter().all(|v| v.is_finite() && *v > 0.0)
+        };
         let ok = match &self.kind {
             ModelKind::Logistic(l) => {
-                l.scaler.mean.len() == cols
-                    && l.scaler.scale.len() == cols
+                scaler_ok(&l.scaler)
                     && match &l.fitted {
                         LogisticFit::Binary { model, positive } => {
                             nc == 2 && *positive < 2 && model.params().len() == cols
@@ -1082,7 +1087,9 @@ impl Model {
             }
             ModelKind::Knn(k) => {
                 k.cols == cols
-                    && k.scaler.mean.len() == cols
+                    && scaler_ok(&k.scaler)
+                    && k.k > 0
+                    && k.points.iter().all(|p| p.is_finite())
                     && k.points.len() == k.labels.len() * cols
                     && k.labels.iter().all(|c| usize::from(*c) < nc)
             }

@@ -7,7 +7,8 @@
 //! - the registry is polled so a model promoted by `smarthub train` beside the hub is picked up;
 //! - the nightly retrain (and optional scheduled predictions) run from cron schedules.
 //!
-//! Training and SQLite run on `spawn_blocking`; a prediction itself is microseconds of arithmetic.
+//! Training, SQLite and kNN queries run on `spawn_blocking`; other predictions are microseconds of
+//! arithmetic.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -237,7 +238,8 @@ impl Learner {
         }
     }
 
-    /// Remembers the latest reading inputs of each kind; loads them from the database at start.
+    /// Remembers the latest reading inputs of each kind; at start, the last stored row of each kind
+    /// (also an imported or back-dated one: its measurements are still the newest the hub has).
     fn remember(&self, kind: ReadingKind, inputs: Inputs) {
         if let Ok(mut l) = self.latest.lock() {
             l.by_kind.insert(kind, inputs);
@@ -298,6 +300,26 @@ impl Learner {
         })
     }
 
+    /// [`Learner::predict`] from async code: a kNN model answers from its index thread, so its query
+    /// waits on a channel and runs on a blocking thread; the other families are a few microseconds of
+    /// arithmetic and run in place.
+    pub async fn predict_async(
+        self: &Arc<Self>,
+        target: Target,
+        inputs: Inputs,
+    ) -> Result<Prediction, String> {
+        let is_knn = self
+            .model(target)
+            .is_some_and(|m| matches!(m.model.kind, super::models::ModelKind::Knn(_)));
+        if !is_knn {
+            return self.predict(target, inputs);
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.predict(target, inputs))
+            .await
+            .map_err(|e| format!("prediction task failed: {e}"))?
+    }
+
     /// Retrains every target now (one retrain at a time; a second call waits for the first).
     pub async fn retrain_all(self: &Arc<Self>) {
         let _guard = self.retraining.lock().await;
@@ -348,7 +370,11 @@ impl Learner {
 
     fn note_manual(&self, target: Target) {
         if let Ok(mut a) = self.actions.lock() {
-            a.entry(target).or_default().manual_at = Some(Instant::now());
+            let a = a.entry(target).or_default();
+            a.manual_at = Some(Instant::now());
+            // A person set a new state: a prediction acted on before may be acted on again (after
+            // the override) — "the same situation" now means this new state.
+            a.last_key = None;
         }
     }
 
@@ -412,7 +438,7 @@ fn last_inputs(
 ) -> Result<Option<Inputs>, LearningError> {
     let table = crate::store::table(target.kind());
     let sql = format!(
-        "SELECT time_of_day_s, day_of_week, month, motion, {} FROM {table} WHERE backdated = 0 ORDER BY id DESC LIMIT 1",
+        "SELECT time_of_day_s, day_of_week, month, motion, {} FROM {table} ORDER BY id DESC LIMIT 1",
         match target {
             Target::Light => "temperature, light_intensity, NULL, NULL, NULL, NULL",
             Target::Tv => "NULL, NULL, NULL, NULL, NULL, NULL",
@@ -564,7 +590,7 @@ async fn handle_prediction(
     target: Target,
     inputs: Inputs,
 ) {
-    let Ok(p) = learner.predict(target, inputs) else {
+    let Ok(p) = learner.predict_async(target, inputs).await else {
         return;
     };
     engine.publish(
@@ -615,5 +641,84 @@ async fn handle_prediction(
             }
         }
         Mode::User => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn learner(hold_minutes: u64, manual_override_minutes: u64) -> Learner {
+        Learner::new(
+            PathBuf::from("/nonexistent/smarthub.db"),
+            PathBuf::from("/nonexistent/models"),
+            LearningSection {
+                min_confidence: 0.7,
+                hold_minutes,
+                manual_override_minutes,
+                ..LearningSection::default()
+            },
+            3,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn light_on(confidence: f64) -> Prediction {
+        Prediction {
+            target: Target::Light,
+            prediction: 1,
+            classes: vec![(0, 1.0 - confidence), (1, confidence)],
+            model_used: "light-x.json".into(),
+            timestamp: String::new(),
+            inputs: Inputs::default(),
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn acts_once_per_situation_and_the_user_wins() {
+        let off = HomeState::default();
+        let l = learner(0, 0);
+        assert!(!l.may_act(&light_on(0.6), &off), "not confident enough");
+        let on = HomeState {
+            light: true,
+            ..HomeState::default()
+        };
+        assert!(!l.may_act(&light_on(0.9), &on), "already so");
+        assert!(l.may_act(&light_on(0.9), &off));
+        assert!(
+            !l.may_act(&light_on(0.9), &off),
+            "never twice for the same state"
+        );
+        // A person switched it (off again): the next evening's prediction may act again.
+        l.note_manual(Target::Light);
+        assert!(l.may_act(&light_on(0.9), &off));
+
+        let l = learner(0, 30);
+        l.note_manual(Target::Light);
+        assert!(
+            !l.may_act(&light_on(0.99), &off),
+            "suspended after a manual change"
+        );
+
+        let l = learner(5, 0);
+        assert!(l.may_act(&light_on(0.9), &off));
+        let fan = Prediction {
+            target: Target::Fan,
+            prediction: 6,
+            classes: vec![(6, 1.0)],
+            ..light_on(1.0)
+        };
+        assert!(!l.may_act(&fan, &off), "above max_fan_level");
+    }
+
+    #[test]
+    fn payload_lists_every_class() {
+        let p = light_on(0.75);
+        let v = p.payload();
+        assert_eq!(v["prediction"], 1);
+        assert_eq!(v["probabilities"]["0"], 0.25);
+        assert_eq!(v["probabilities"]["1"], 0.75);
+        assert_eq!(v["model_used"], "light-x.json");
     }
 }

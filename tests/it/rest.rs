@@ -957,6 +957,7 @@ async fn api_v1_state_commands_readings_nodes_and_openapi() {
         "/api/v1/readings/{kind}",
         "/api/v1/nodes",
         "/api/v1/nodes/{node_id}",
+        "/api/v1/train",
         "/api/v1/stream",
         "/api/v1/openapi.json",
     ] {
