@@ -10,6 +10,7 @@
 //! - [`http`]: the axum adapter (health, metrics, REST).
 //! - [`schedule`]: cron-driven jobs (nightly retention, retraining).
 //! - [`metrics`], [`auth`]: counters; MQTT passwords.
+//! - [`simulate`]: a simulated household of sensor nodes (demo data and load), a client of the hub.
 //!
 //! # Data flow
 //! ```text
@@ -27,6 +28,7 @@ pub mod http;
 pub mod metrics;
 pub mod readings;
 pub mod schedule;
+pub mod simulate;
 pub mod store;
 pub mod topics;
 

@@ -3,4 +3,5 @@
 
 mod contracts;
 mod core;
+mod simulate;
 mod support;
