@@ -13,6 +13,7 @@
 //! - [`schedule`]: cron-driven jobs (nightly retention, retraining).
 //! - [`homeassistant`]: MQTT discovery, so the hub, its nodes and predictions appear in Home Assistant.
 //! - [`metrics`], [`auth`]: counters; MQTT passwords.
+//! - [`simulate`]: a simulated household of sensor nodes (demo data and load), a client of the hub.
 //!
 //! # Data flow
 //! ```text
@@ -33,6 +34,7 @@ pub mod learning;
 pub mod metrics;
 pub mod readings;
 pub mod schedule;
+pub mod simulate;
 pub mod store;
 pub mod topics;
 

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use smarthub::config::{self, Config, DEFAULT_CONFIG};
 use smarthub::learning::{self, registry::Outcome, LearningError, Target, TrainOptions};
 
+mod bench;
+
 /// smarthub: a smart home's back end in one process (MQTT broker, rule engine, SQLite, REST).
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
@@ -115,6 +117,39 @@ enum Command {
         #[arg(value_name = "USER")]
         user: String,
     },
+    /// Publish realistic readings for N simulated nodes (light, TV, climate: daily light and temperature
+    /// cycles, motion bursts, TV habits, fan following temperature) to a running hub.
+    Simulate {
+        /// The hub's MQTT address, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:1883")]
+        broker: String,
+        /// Number of nodes; they take turns being light, TV and climate nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Each node publishes one reading every MS milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after S seconds of live readings (default: until Ctrl-C).
+        #[arg(long, value_name = "S")]
+        duration_s: Option<u64>,
+        /// QoS of live readings (history always uses 1).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+        qos: u8,
+        /// First publish D days of back-dated readings (with `ts`, one per node every 5 minutes) so
+        /// that models can train at once.
+        #[arg(long, value_name = "D", default_value_t = 0)]
+        history_days: u32,
+        /// Seed of the simulated household (same seed, same habits and readings).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The hub's base topic ([hub] base_topic).
+        #[arg(long, default_value = "smarthub")]
+        base_topic: String,
+    },
+    /// Benchmarks against stock rumqttd and mosquitto (run bench/run.sh, which builds in release mode
+    /// and installs what it needs).
+    #[command(hide = true)]
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging() {
@@ -399,6 +434,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: password set for {user}", file.display());
             Ok(())
         }
+        Command::Simulate {
+            broker,
+            nodes,
+            interval_ms,
+            duration_s,
+            qos,
+            history_days,
+            seed,
+            base_topic,
+        } => {
+            let (host, port) = broker
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                .filter(|(h, _)| !h.is_empty())
+                .with_context(|| {
+                    format!("--broker {broker}: expected HOST:PORT, e.g. 127.0.0.1:1883")
+                })?;
+            let mut options = smarthub::simulate::SimOptions::new(host, port);
+            options.nodes = nodes;
+            options.interval = std::time::Duration::from_millis(interval_ms);
+            options.duration = duration_s.map(std::time::Duration::from_secs);
+            options.qos = if qos == 0 {
+                rumqttc::QoS::AtMostOnce
+            } else {
+                rumqttc::QoS::AtLeastOnce
+            };
+            options.history_days = history_days;
+            options.seed = seed;
+            options.base_topic = base_topic;
+            simulate(options)
+        }
+        Command::Bench(args) => bench::main(args),
     }
 }
 
@@ -495,6 +562,99 @@ impl Progress {
             None => eprintln!("{}: done", self.label),
         }
     }
+}
+
+/// Runs the simulator with a progress line: indicatif on a terminal, a plain line every 5 s when piped.
+fn simulate(options: smarthub::simulate::SimOptions) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let stats = Arc::new(smarthub::simulate::SimStats::default());
+    let history_total = options.history_total();
+    let nodes = options.nodes;
+    let rate_per_s = nodes as f64 * 1000.0 / options.interval.as_millis().max(1) as f64;
+    eprintln!(
+        "simulating {nodes} nodes on {}:{} ({} readings/s{}); Ctrl-C stops",
+        options.host,
+        options.port,
+        rate_per_s,
+        if history_total > 0 {
+            format!(", after {history_total} back-dated readings")
+        } else {
+            String::new()
+        }
+    );
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .expect("literal template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Some(bar)
+    } else {
+        None
+    };
+    let line = {
+        let stats = stats.clone();
+        let mut last = (Instant::now(), 0u64);
+        move || {
+            let sent = stats.sent.load(Relaxed);
+            let now = Instant::now();
+            let rate = (sent - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-3);
+            last = (now, sent);
+            format!(
+                "{}/{nodes} nodes connected | history {}/{history_total} | live {sent} sent ({rate:.0}/s) | {} acked",
+                stats.connected.load(Relaxed),
+                stats.history_sent.load(Relaxed),
+                stats.acked.load(Relaxed),
+            )
+        }
+    };
+    let summary = rt.block_on(async {
+        let reporter = tokio::spawn({
+            let bar = bar.clone();
+            let mut line = line;
+            async move {
+                let every = if bar.is_some() { 250 } else { 5000 };
+                let mut tick = tokio::time::interval(Duration::from_millis(every));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let text = line();
+                    match &bar {
+                        Some(b) => b.set_message(text),
+                        None => eprintln!("{text}"),
+                    }
+                }
+            }
+        });
+        let result = smarthub::simulate::run(options, stats.clone(), shutdown_signal()).await;
+        reporter.abort();
+        result
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let summary = summary?;
+    println!(
+        "{} nodes: {} back-dated and {} live readings published{}",
+        summary.nodes,
+        summary.history_sent,
+        summary.live_sent,
+        if summary.unacked > 0 {
+            format!(", {} not acknowledged by the broker", summary.unacked)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {

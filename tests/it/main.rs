@@ -7,4 +7,5 @@ mod exports;
 mod homeassistant;
 mod learning;
 mod rest;
+mod simulate;
 mod support;
