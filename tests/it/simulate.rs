@@ -1,5 +1,6 @@
 //! The simulator against an in-process hub: readings of every kind arrive, back-dated history is stored as
-//! such with its labels, and every node says `online` then `offline`.
+//! such with its labels, every node says `online` then `offline`, and once trained on the simulated
+//! history the hub publishes predictions for every target.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,8 @@ async fn simulated_household_is_ingested() {
     options.interval = Duration::from_millis(50);
     options.duration = Some(Duration::from_secs(2));
     options.history_days = 1;
+    // A reading every 15 minutes: a learnable day, small enough to train on in a debug build.
+    options.history_step = Duration::from_secs(15 * 60);
     options.seed = 3;
     let history = options.history_total();
     let stats = Arc::new(SimStats::default());
@@ -108,8 +111,35 @@ async fn simulated_household_is_ingested() {
     let state = watcher.next_on("smarthub/climate/state").await;
     assert!(json(&state)["temperature"].as_f64().is_some());
 
-    // Predictions: once learning publishes on smarthub/prediction/<target>, assert here that the
-    // watcher saw one per target after the history (e.g. `watcher.next_on("smarthub/prediction/light")`).
+    // Train on the simulated history, then live readings bring a prediction for every target.
+    let learner = hub.hub().learner.clone();
+    learner.retrain_all().await;
+    let mut options = SimOptions::new(addr.ip().to_string(), addr.port());
+    options.nodes = 3;
+    options.interval = Duration::from_millis(100);
+    options.duration = Some(Duration::from_secs(2));
+    options.seed = 4;
+    simulate::run(
+        options,
+        Arc::new(SimStats::default()),
+        std::future::pending(),
+    )
+    .await
+    .expect("the simulator runs again");
+    for target in ["light", "tv", "fan"] {
+        let p = json(
+            &watcher
+                .next_on(&format!("smarthub/prediction/{target}"))
+                .await,
+        );
+        assert!(p["prediction"].is_i64(), "{target}: {p}");
+        assert!(
+            p["model_used"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(target)),
+            "{target}: {p}"
+        );
+    }
     watcher.disconnect().await;
     let mut hub = hub;
     hub.stop().await;
