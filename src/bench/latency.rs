@@ -166,10 +166,10 @@ async fn prepare(programs: &Programs) -> anyhow::Result<(Running, bool, String)>
     }
     task.abort();
     let note = if available {
-        format!("predictions arrive on {PREDICTION_TOPIC} after {history} back-dated readings and a restart")
+        format!("Predictions arrive on {PREDICTION_TOPIC} after {history} back-dated readings and a restart")
     } else {
         format!(
-            "no prediction arrived on {PREDICTION_TOPIC} within 5 s of a light reading, after {history} back-dated readings \
+            "No prediction arrived on {PREDICTION_TOPIC} within 5 s of a light reading, after {history} back-dated readings \
              (7 days × 3 nodes) and a restart: this build has no trained model (learning is not merged). \
              Publish → prediction is N/A; publish → climate state is measured instead"
         )
