@@ -90,8 +90,17 @@ pub struct Broker {
     pub listeners: Vec<(&'static str, SocketAddr)>,
 }
 
-/// What [`Broker::start`] hands to the engine.
+/// What [`Broker::start`] hands to the hub: the engine's link and, when asked for, Home Assistant's.
 pub struct EngineLink {
+    pub publisher: Publisher,
+    pub rx: LinkRx,
+    /// Home Assistant's own link, subscribed to its status topic.
+    pub homeassistant: Option<SideLink>,
+}
+
+/// A link of its own for an adapter that publishes outside the base topic and listens to a few topics.
+/// Its reader must answer `Notification::Unschedule` like the engine's drainer does.
+pub struct SideLink {
     pub publisher: Publisher,
     pub rx: LinkRx,
 }
@@ -112,12 +121,15 @@ pub fn check_free(proto: &'static str, addr: SocketAddr) -> Result<(), BrokerErr
 }
 
 impl Broker {
-    /// Starts the router, links the engine and subscribes it to `filter`, and only then opens the
-    /// listeners (a publish made before the hub's subscription exists would be acked and kept nowhere).
+    /// Starts the router, links the engine and subscribes it to `filter` (and Home Assistant's link to
+    /// `homeassistant_filter`), and only then opens the listeners (a publish made before the hub's
+    /// subscription exists would be acked and kept nowhere).
     pub fn start(
         config: &Config,
         filter: &str,
+        homeassistant_filter: Option<&str>,
         passwords: Option<Arc<PasswordFile>>,
+        metrics: Arc<Metrics>,
     ) -> Result<(Broker, EngineLink), BrokerError> {
         let listeners = config.mqtt_listeners();
         for (proto, addr) in &listeners {
@@ -137,6 +149,22 @@ impl Broker {
                 .map_err(|e| BrokerError::Link(e.to_string()))?;
         tx.subscribe(filter)
             .map_err(|e| BrokerError::Link(e.to_string()))?;
+        let homeassistant = match homeassistant_filter {
+            Some(ha_filter) => {
+                let (mut ha_tx, ha_rx, _ack) =
+                    rumqttd::local::LinkBuilder::new("smarthub-homeassistant", router_tx.clone())
+                        .build()
+                        .map_err(|e| BrokerError::Link(e.to_string()))?;
+                ha_tx
+                    .subscribe(ha_filter)
+                    .map_err(|e| BrokerError::Link(e.to_string()))?;
+                Some(SideLink {
+                    publisher: Publisher { tx: ha_tx },
+                    rx: ha_rx,
+                })
+            }
+            None => None,
+        };
 
         let mut tasks = Vec::new();
         for (proto, servers) in [(V4, &config.broker.v4), (V5, &config.broker.v5)] {
@@ -144,14 +172,23 @@ impl Broker {
                 let mut settings = settings.clone();
                 if let Some(pw) = &passwords {
                     let pw = pw.clone();
+                    let metrics = metrics.clone();
                     settings
                         .connections
-                        .set_auth_handler(move |_client, user, pass| {
+                        .set_auth_handler(move |client, user, pass| {
                             let pw = pw.clone();
+                            let metrics = metrics.clone();
                             async move {
-                                tokio::task::spawn_blocking(move || pw.verify(&user, &pass))
-                                    .await
-                                    .unwrap_or(false)
+                                let name = user.clone();
+                                let ok =
+                                    tokio::task::spawn_blocking(move || pw.verify(&user, &pass))
+                                        .await
+                                        .unwrap_or(false);
+                                if !ok {
+                                    metrics.rejected(crate::readings::Reason::Unauthorized);
+                                    tracing::warn!(client, user = name, "MQTT login refused");
+                                }
+                                ok
                             }
                         });
                 }
@@ -212,6 +249,7 @@ impl Broker {
             EngineLink {
                 publisher: Publisher { tx },
                 rx,
+                homeassistant,
             },
         ))
     }

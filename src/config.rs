@@ -23,7 +23,15 @@ const RUMQTTD_KEYS: &[&str] = &[
     "prometheus",
     "metrics",
 ];
-const OUR_SECTIONS: &[&str] = &["hub", "http", "storage", "door", "mqtt_auth"];
+const OUR_SECTIONS: &[&str] = &[
+    "hub",
+    "http",
+    "storage",
+    "door",
+    "mqtt_auth",
+    "homeassistant",
+    "learning",
+];
 const ROUTER_KEYS: &[&str] = &[
     "max_connections",
     "max_outgoing_packet_count",
@@ -95,12 +103,17 @@ impl Default for HubSection {
 pub struct HttpSection {
     /// Address of the REST API. Default `0.0.0.0:8000`.
     pub listen: SocketAddr,
+    /// File whose first line is the API token; empty: `$SMARTHUB_API_TOKEN`, else
+    /// `$CREDENTIALS_DIRECTORY/api_token`, else no token (state-changing routes open, as the legacy app
+    /// expects). Default empty.
+    pub api_token_file: String,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             listen: "0.0.0.0:8000".parse().expect("literal address"),
+            api_token_file: String::new(),
         }
     }
 }
@@ -163,6 +176,75 @@ pub struct MqttAuthSection {
     pub password_file: String,
 }
 
+/// `[homeassistant]`: MQTT discovery for Home Assistant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantSection {
+    /// Announce the hub's entities to Home Assistant. Default true.
+    pub enabled: bool,
+    /// Home Assistant's discovery prefix (its MQTT integration's setting). Default `homeassistant`.
+    pub discovery_prefix: String,
+    /// After Home Assistant says `online` (or after adding entities), wait this long before
+    /// re-publishing. Default 3000.
+    pub republish_delay_ms: u64,
+    /// Plus a random extra wait of up to this much, so several hubs do not answer at once. Default 2000.
+    pub republish_jitter_ms: u64,
+    /// A node unseen this long is removed from Home Assistant; 0 keeps every node. Default 30.
+    pub node_expiry_days: u32,
+    /// The hub's URL shown as the device's "Visit" link; empty: derived from the HTTP address. Default "".
+    pub hub_url: String,
+    /// A prediction older than this shows as unavailable; 0 never expires. Default 3600.
+    pub prediction_expire_after_s: u32,
+}
+
+impl Default for HomeAssistantSection {
+    fn default() -> Self {
+        HomeAssistantSection {
+            enabled: true,
+            discovery_prefix: "homeassistant".into(),
+            republish_delay_ms: 3000,
+            republish_jitter_ms: 2000,
+            node_expiry_days: 30,
+            hub_url: String::new(),
+            prediction_expire_after_s: 3600,
+        }
+    }
+}
+
+/// `[learning]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearningSection {
+    /// When the models are retrained (cron, seconds first, local time). Default `0 0 0 * * *`.
+    pub retrain_cron: String,
+    /// Also predict from the latest readings on this schedule; empty: only on new readings. Default "".
+    pub predict_cron: String,
+    /// Fewer labelled rows than this: no model for the target. Default 30.
+    pub min_rows: usize,
+    /// Smart and Assisted modes act only on predictions at least this probable. Default 0.7.
+    pub min_confidence: f64,
+    /// Least time between two automatic actions (changes or suggestions) on one thing. Default 5.
+    pub hold_minutes: u64,
+    /// A manual change to a thing suspends automatic changes to it this long. Default 30.
+    pub manual_override_minutes: u64,
+    /// How often the registry is checked for a model promoted by `smarthub train`. Default 2000.
+    pub registry_poll_ms: u64,
+}
+
+impl Default for LearningSection {
+    fn default() -> Self {
+        LearningSection {
+            retrain_cron: "0 0 0 * * *".into(),
+            predict_cron: String::new(),
+            min_rows: 30,
+            min_confidence: 0.7,
+            hold_minutes: 5,
+            manual_override_minutes: 30,
+            registry_poll_ms: 2000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OurSections {
@@ -176,6 +258,10 @@ struct OurSections {
     door: DoorSection,
     #[serde(default)]
     mqtt_auth: MqttAuthSection,
+    #[serde(default)]
+    homeassistant: HomeAssistantSection,
+    #[serde(default)]
+    learning: LearningSection,
 }
 
 /// The whole configuration.
@@ -187,6 +273,8 @@ pub struct Config {
     pub storage: StorageSection,
     pub door: DoorSection,
     pub mqtt_auth: MqttAuthSection,
+    pub homeassistant: HomeAssistantSection,
+    pub learning: LearningSection,
 }
 
 impl Config {
@@ -251,6 +339,8 @@ impl Config {
             storage: our.storage,
             door: our.door,
             mqtt_auth: our.mqtt_auth,
+            homeassistant: our.homeassistant,
+            learning: our.learning,
         };
         // Semantic checks also run beside syntax problems, so one run lists everything; they would
         // only invent problems about a rumqttd section that did not parse.
@@ -384,12 +474,72 @@ impl Config {
                 self.door.pin_file
             ));
         }
+        if !self.http.api_token_file.is_empty() && !Path::new(&self.http.api_token_file).is_file() {
+            problems.push(format!(
+                "http.api_token_file = \"{}\": no such file",
+                self.http.api_token_file
+            ));
+        }
         if !self.mqtt_auth.password_file.is_empty()
             && !Path::new(&self.mqtt_auth.password_file).is_file()
         {
             problems.push(format!(
                 "mqtt_auth.password_file = \"{}\": no such file (create it with `smarthub passwd FILE USER`)",
                 self.mqtt_auth.password_file
+            ));
+        }
+        let learning = &self.learning;
+        if let Err(e) = crate::schedule::Schedule::parse(&learning.retrain_cron) {
+            problems.push(format!("learning.retrain_cron: {e}"));
+        }
+        if !learning.predict_cron.is_empty() {
+            if let Err(e) = crate::schedule::Schedule::parse(&learning.predict_cron) {
+                problems.push(format!("learning.predict_cron: {e}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&learning.min_confidence) {
+            problems.push(format!(
+                "learning.min_confidence = {}: use 0..=1",
+                learning.min_confidence
+            ));
+        }
+        if learning.min_rows < 2 {
+            problems.push("learning.min_rows: use at least 2".into());
+        }
+        if learning.registry_poll_ms == 0 {
+            problems.push("learning.registry_poll_ms = 0: use at least 1".into());
+        }
+        problems.extend(self.validate_homeassistant());
+        problems
+    }
+
+    fn validate_homeassistant(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let ha = &self.homeassistant;
+        let prefix = &ha.discovery_prefix;
+        if prefix.is_empty()
+            || prefix.starts_with('$')
+            || prefix.contains(['+', '#', '\0'])
+            || prefix.starts_with('/')
+            || prefix.ends_with('/')
+        {
+            problems.push(format!(
+                "homeassistant.discovery_prefix = \"{prefix}\": use a plain topic prefix without wildcards, `$`, or leading/trailing `/`"
+            ));
+        }
+        let base = &self.hub.base_topic;
+        let nested =
+            |outer: &str, inner: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
+        if nested(base, prefix) || nested(prefix, base) {
+            problems.push(format!(
+                "homeassistant.discovery_prefix = \"{prefix}\" overlaps hub.base_topic = \"{base}\": the hub would read its own discovery messages as commands; use separate prefixes"
+            ));
+        }
+        let url = &ha.hub_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            problems.push(format!(
+                "homeassistant.hub_url = \"{}\": use an http:// or https:// URL, or leave it empty",
+                ha.hub_url
             ));
         }
         problems
@@ -477,17 +627,22 @@ fn check_rumqttd_keys(theirs: &toml::Table, problems: &mut Vec<String>) {
     }
 }
 
+/// The first directory of a systemd directory variable (`$STATE_DIRECTORY`, `$CONFIGURATION_DIRECTORY`,
+/// which may list several separated by `:`).
+pub fn systemd_dir(var: &str) -> Option<PathBuf> {
+    let value = std::env::var_os(var)?;
+    let first = value
+        .to_string_lossy()
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
 /// Where `run` finds its config when `--config` is not given.
 pub fn default_config_path(cwd: &Path) -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("CONFIGURATION_DIRECTORY") {
-        // systemd may list several directories separated by ':'; the first is ours.
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        let path = Path::new(&first).join("broker.toml");
+    if let Some(path) = systemd_dir("CONFIGURATION_DIRECTORY").map(|d| d.join("broker.toml")) {
         if path.is_file() {
             return Some(path);
         }
@@ -537,6 +692,41 @@ mod tests {
         assert!(err.contains("max_segment_count"), "{err}");
         assert!(err.contains("base_topic"), "{err}");
         assert!(err.contains("max_fan_level"), "{err}");
+    }
+
+    #[test]
+    fn homeassistant_section() {
+        let c = Config::default_config();
+        assert!(c.homeassistant.enabled);
+        assert_eq!(c.homeassistant.discovery_prefix, "homeassistant");
+        let text = DEFAULT_CONFIG
+            .replace(
+                "discovery_prefix = \"homeassistant\"",
+                "discovery_prefix = \"smarthub/ha\"",
+            )
+            .replace("hub_url = \"\"", "hub_url = \"smarthub.local\"");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("overlaps hub.base_topic"), "{err}");
+        assert!(err.contains("homeassistant.hub_url"), "{err}");
+        let text = DEFAULT_CONFIG.replace("enabled = true", "enabled = false\ncolour = 1");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn learning_section_is_checked() {
+        let text = DEFAULT_CONFIG
+            .replace(
+                "retrain_cron = \"0 0 0 * * *\"",
+                "retrain_cron = \"every night\"",
+            )
+            .replace("min_confidence = 0.7", "min_confidence = 1.5");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("learning.retrain_cron"), "{err}");
+        assert!(err.contains("learning.min_confidence"), "{err}");
+        let c = Config::default_config();
+        assert_eq!(c.learning.retrain_cron, "0 0 0 * * *");
+        assert_eq!(c.learning.manual_override_minutes, 30);
     }
 
     #[test]

@@ -42,10 +42,23 @@ pub enum Input {
         source: Source,
         reply: Option<oneshot::Sender<Result<(), Rejection>>>,
     },
+    /// Publish a message the hub produced elsewhere (predictions, suggestions) on the engine's link.
+    Publish {
+        topic: String,
+        payload: String,
+        retain: bool,
+    },
     /// Answer once every message the broker accepted before this is committed.
     Drain(Sender<bool>),
     /// Publish `offline` on the hub's status topic.
     PublishOffline,
+    /// Publish every state and `online` again (Home Assistant restarted and asked for them).
+    RepublishStates,
+    /// Forget a sensor node (its `nodes` row; readings stay) and tell the listeners.
+    ForgetNode {
+        node_id: String,
+        reply: Option<oneshot::Sender<()>>,
+    },
     Stop,
 }
 
@@ -60,6 +73,19 @@ pub enum Event {
     },
     Reading {
         reading: Box<Reading>,
+    },
+    /// A node was forgotten (`DELETE /api/v1/nodes/<id>`).
+    NodeForgotten {
+        node_id: String,
+    },
+    /// A prediction was published on `<base>/prediction/<target>`.
+    Prediction {
+        target: String,
+        message: serde_json::Value,
+    },
+    /// An Assisted-mode suggestion was published on `<base>/suggestion`.
+    Suggestion {
+        message: serde_json::Value,
     },
 }
 
@@ -113,9 +139,30 @@ impl EngineHandle {
         rx.await.map_err(|_| unavailable())?
     }
 
+    /// Forgets a node: its `nodes` row goes (readings stay) and listeners hear of it.
+    pub async fn forget_node(&self, node_id: &str) -> Result<(), CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::ForgetNode {
+                node_id: node_id.to_owned(),
+                reply: Some(reply),
+            })
+            .map_err(|_| CommandError::Unavailable)?;
+        rx.await.map_err(|_| CommandError::Unavailable)
+    }
+
     /// The current state (a snapshot).
     pub fn state(&self) -> HomeState {
         self.state.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Publishes a message through the engine's broker link (never blocks).
+    pub fn publish(&self, topic: String, payload: String, retain: bool) {
+        let _ = self.tx.send(Input::Publish {
+            topic,
+            payload,
+            retain,
+        });
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -163,6 +210,15 @@ struct DoorGuard {
 }
 
 impl DoorGuard {
+    fn new(pin: String, config: DoorSection) -> DoorGuard {
+        DoorGuard {
+            pin,
+            failures: VecDeque::new(),
+            locked_until: None,
+            config,
+        }
+    }
+
     fn check(&mut self, pin: &str, now: Instant) -> Result<(), CommandError> {
         if let Some(until) = self.locked_until {
             if now < until {
@@ -231,7 +287,7 @@ struct Engine {
 pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, Sender<Input>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
     let state = Arc::new(RwLock::new(parts.initial.clone()));
-    let (events, _) = broadcast::channel(1024);
+    let (events, _) = broadcast::channel(4096);
     let mut engine = Engine {
         topics: parts.topics,
         publisher: parts.publisher,
@@ -244,12 +300,7 @@ pub fn spawn(parts: EngineParts) -> std::io::Result<(EngineHandle, Sender<Input>
             suppressed: 0,
         },
         hub: parts.hub,
-        door: DoorGuard {
-            pin: parts.door_pin,
-            failures: VecDeque::new(),
-            locked_until: None,
-            config: parts.door,
-        },
+        door: DoorGuard::new(parts.door_pin, parts.door),
         state: state.clone(),
         events: events.clone(),
         nonce: rand::random(),
@@ -321,12 +372,53 @@ impl Engine {
                     self.publisher.publish(&marker, "", false);
                     self.drains.push((marker, reply));
                 }
+                Input::Publish {
+                    topic,
+                    payload,
+                    retain,
+                } => {
+                    self.announce(&topic, &payload);
+                    self.publisher.publish(&topic, payload, retain)
+                }
                 Input::PublishOffline => {
                     let status = self.topics.status();
                     self.publisher.publish(&status, "offline", true);
                 }
+                Input::RepublishStates => {
+                    self.publish_all_states();
+                    let status = self.topics.status();
+                    self.publisher.publish(&status, "online", true);
+                }
+                Input::ForgetNode { node_id, reply } => {
+                    self.writer.send(WriteOp::ForgetNode {
+                        node_id: node_id.clone(),
+                    });
+                    tracing::info!(node_id, "node forgotten");
+                    let _ = self.events.send(Event::NodeForgotten { node_id });
+                    if let Some(reply) = reply {
+                        let _ = reply.send(());
+                    }
+                }
                 Input::Stop => break,
             }
+        }
+    }
+
+    /// Tells live listeners about a prediction or suggestion published for another component.
+    fn announce(&self, topic: &str, payload: &str) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(payload) else {
+            return;
+        };
+        if let Some(target) = self.topics.prediction_target(topic) {
+            let _ = self.events.send(Event::Prediction {
+                target: target.to_owned(),
+                message,
+            });
+        } else if topic == self.topics.suggestion() {
+            let _ = self.events.send(Event::Suggestion { message });
         }
     }
 
@@ -579,11 +671,16 @@ impl Engine {
             let current = self.state.read().map(|s| s.clone()).unwrap_or_default();
             current.payload(thing)
         };
+        let changed = payload != previous;
+        // A node re-reporting the same climate is not news; a command is echoed even when it
+        // changes nothing, so its sender sees the state.
+        if !changed && origin == Origin::Node {
+            return;
+        }
         next.auto_set[thing as usize] = origin == Origin::Auto;
         if let Ok(mut s) = self.state.write() {
             *s = next;
         }
-        let changed = payload != previous;
         self.writer.send(WriteOp::State {
             thing,
             payload: payload.clone(),
@@ -614,12 +711,7 @@ mod tests {
 
     #[test]
     fn door_locks_after_repeated_wrong_pins() {
-        let mut g = DoorGuard {
-            pin: "1234".into(),
-            failures: VecDeque::new(),
-            locked_until: None,
-            config: DoorSection::default(),
-        };
+        let mut g = DoorGuard::new("1234".into(), DoorSection::default());
         let t0 = Instant::now();
         assert_eq!(g.check("1234", t0), Ok(()));
         for i in 0..5 {
@@ -637,12 +729,7 @@ mod tests {
 
     #[test]
     fn failures_outside_the_window_do_not_lock() {
-        let mut g = DoorGuard {
-            pin: "1234".into(),
-            failures: VecDeque::new(),
-            locked_until: None,
-            config: DoorSection::default(),
-        };
+        let mut g = DoorGuard::new("1234".into(), DoorSection::default());
         let t0 = Instant::now();
         for i in 0..8 {
             let _ = g.check("0000", t0 + Duration::from_secs(i * 100));

@@ -8,7 +8,10 @@
 //! - [`engine`]: the one path for messages, readings and commands (its own thread).
 //! - [`store`]: SQLite: one batching writer thread, read-only WAL readers, migrations, backup.
 //! - [`http`]: the axum adapter (health, metrics, REST).
+//! - [`export`]: the legacy CSV/Excel downloads, streamed from SQLite page by page.
+//! - [`learning`]: features, models, cross-validation, the model registry, live predictions and modes.
 //! - [`schedule`]: cron-driven jobs (nightly retention, retraining).
+//! - [`homeassistant`]: MQTT discovery, so the hub, its nodes and predictions appear in Home Assistant.
 //! - [`metrics`], [`auth`]: counters; MQTT passwords.
 //! - [`simulate`]: a simulated household of sensor nodes (demo data and load), a client of the hub.
 //!
@@ -23,8 +26,11 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod engine;
+pub mod export;
 pub mod home;
+pub mod homeassistant;
 pub mod http;
+pub mod learning;
 pub mod metrics;
 pub mod readings;
 pub mod schedule;
@@ -44,7 +50,7 @@ use crate::config::Config;
 use crate::engine::{EngineHandle, EngineParts, Input};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::topics::Topics;
+use crate::topics::{DiscoveryTopics, Topics};
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +73,12 @@ pub enum HubError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("door PIN from {origin}: {why}")]
-    DoorPin { origin: String, why: String },
+    #[error("secret from {origin}: {why}")]
+    Secret { origin: String, why: String },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    HomeAssistant(#[from] homeassistant::HomeAssistantError),
 }
 
 /// Where the database lives under a data directory.
@@ -83,36 +91,71 @@ pub fn models_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("models")
 }
 
-/// Reads the door PIN: `door.pin_file`, else `$CREDENTIALS_DIRECTORY/door_pin`, else "1234".
-pub fn load_door_pin(config: &Config) -> Result<String, HubError> {
-    let path = if !config.door.pin_file.is_empty() {
-        Some(PathBuf::from(&config.door.pin_file))
-    } else {
-        std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(|d| PathBuf::from(d).join("door_pin"))
-            .filter(|p| p.is_file())
-    };
-    let Some(path) = path else {
-        return Ok("1234".into());
-    };
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(&path).map_err(|e| HubError::DoorPin {
-        origin: origin.clone(),
+/// Where a secret lives: the configured file, else the systemd credential of that name, else nowhere.
+fn secret_path(configured: &str, credential: &str) -> Option<PathBuf> {
+    if !configured.is_empty() {
+        return Some(PathBuf::from(configured));
+    }
+    config::systemd_dir("CREDENTIALS_DIRECTORY")
+        .map(|d| d.join(credential))
+        .filter(|p| p.is_file())
+}
+
+/// A secret is the first line of its file, trimmed.
+fn read_secret(path: &Path) -> Result<String, HubError> {
+    let text = std::fs::read_to_string(path).map_err(|e| HubError::Secret {
+        origin: path.display().to_string(),
         why: e.to_string(),
     })?;
-    let pin = text.lines().next().unwrap_or("").trim().to_owned();
+    Ok(text.lines().next().unwrap_or("").trim().to_owned())
+}
+
+/// Reads the door PIN: `door.pin_file`, else `$CREDENTIALS_DIRECTORY/door_pin`, else "1234".
+pub fn load_door_pin(config: &Config) -> Result<String, HubError> {
+    let Some(path) = secret_path(&config.door.pin_file, "door_pin") else {
+        return Ok("1234".into());
+    };
+    let pin = read_secret(&path)?;
     if pin.chars().count() != home::PIN_LEN {
-        return Err(HubError::DoorPin {
-            origin,
-            why: format!("the first line must be the {}-character PIN", home::PIN_LEN),
+        return Err(HubError::Secret {
+            origin: path.display().to_string(),
+            why: format!(
+                "the first line must be the {}-character door PIN",
+                home::PIN_LEN
+            ),
         });
     }
     Ok(pin)
 }
 
+/// Shortest API token accepted.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// Reads the API token: `http.api_token_file`, else `$SMARTHUB_API_TOKEN`, else
+/// `$CREDENTIALS_DIRECTORY/api_token`; `None` when there is none (routes stay open).
+pub fn load_api_token(config: &Config) -> Result<Option<String>, HubError> {
+    let (origin, token) = match std::env::var("SMARTHUB_API_TOKEN") {
+        Ok(token) if config.http.api_token_file.is_empty() => {
+            ("$SMARTHUB_API_TOKEN".to_owned(), token.trim().to_owned())
+        }
+        _ => match secret_path(&config.http.api_token_file, "api_token") {
+            Some(path) => (path.display().to_string(), read_secret(&path)?),
+            None => return Ok(None),
+        },
+    };
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(HubError::Secret {
+            origin,
+            why: format!("the API token must have at least {MIN_TOKEN_LEN} characters"),
+        });
+    }
+    Ok(Some(token))
+}
+
 /// A running hub: broker, engine, database and HTTP.
 pub struct Hub {
     pub engine: EngineHandle,
+    pub learner: Arc<learning::runtime::Learner>,
     pub metrics: Arc<Metrics>,
     pub hub_id: String,
     pub http_addr: SocketAddr,
@@ -153,6 +196,11 @@ impl Hub {
         let db_path = database_path(&data_dir);
 
         let retention_days = config.storage.retention_days;
+        let ha_config = config.homeassistant.clone();
+        let max_fan_level = config.hub.max_fan_level;
+        let base_topic = config.hub.base_topic.clone();
+        let api_token = load_api_token(&config)?.map(Arc::new);
+        let learning_config = config.learning.clone();
         let blocking = {
             let metrics = metrics.clone();
             let db_path = db_path.clone();
@@ -167,7 +215,18 @@ impl Hub {
                 };
                 let (store, loaded) = Store::open(&db_path, &config.storage, metrics.clone())?;
                 let topics = Topics::new(&config.hub.base_topic);
-                let (broker, link) = Broker::start(&config, &topics.all(), passwords)?;
+                let ha_status = config
+                    .homeassistant
+                    .enabled
+                    .then(|| DiscoveryTopics::new(&config.homeassistant.discovery_prefix).status());
+                let (broker, mut link) = Broker::start(
+                    &config,
+                    &topics.all(),
+                    ha_status.as_deref(),
+                    passwords,
+                    metrics.clone(),
+                )?;
+                let ha_link = link.homeassistant.take();
                 let (engine, engine_tx, engine_thread) = engine::spawn(EngineParts {
                     topics,
                     publisher: link.publisher,
@@ -179,6 +238,8 @@ impl Hub {
                     initial: loaded.state,
                 })
                 .map_err(HubError::Thread)?;
+                // Subscribed before the drainer feeds the engine, so no node's first reading is missed.
+                let ha = ha_link.map(|link| (link, engine.subscribe()));
                 broker::spawn_drainer(link.rx, engine_tx.clone(), metrics.clone())
                     .map_err(HubError::Thread)?;
                 Ok((
@@ -188,22 +249,72 @@ impl Hub {
                     engine,
                     engine_tx,
                     engine_thread,
+                    ha,
                 ))
             }
         };
-        let (store, hub_id, broker, engine, engine_tx, engine_thread) =
+        let (store, hub_id, broker, engine, engine_tx, engine_thread, ha) =
             tokio::task::spawn_blocking(blocking)
                 .await
                 .map_err(|e| HubError::Thread(std::io::Error::other(e.to_string())))??;
 
+        let learner = Arc::new(learning::runtime::Learner::new(
+            db_path.clone(),
+            models_dir(&data_dir),
+            learning_config,
+            max_fan_level,
+            metrics.clone(),
+        ));
+        let mut jobs = learning::runtime::spawn(learning::runtime::RuntimeParts {
+            learner: learner.clone(),
+            engine: engine.clone(),
+            topics: Topics::new(&base_topic),
+            clock: Arc::new(schedule::SystemClock),
+        })
+        .await;
         let app = http::AppState {
             engine: engine.clone(),
             metrics: metrics.clone(),
             db_path: db_path.clone(),
             mqtt_listeners: broker.listeners.clone(),
             hub_id: hub_id.clone(),
+            max_fan_level,
+            api_token,
+            learner: learner.clone(),
         };
-        let mut jobs = Vec::new();
+        if let Some((link, events)) = ha {
+            let catalog = homeassistant::Catalog {
+                hub_id: hub_id.clone(),
+                topics: Topics::new(&base_topic),
+                hub_url: homeassistant::catalog::hub_url(&ha_config.hub_url, http_addr),
+                max_fan_level,
+                prediction_expire_after_s: ha_config.prediction_expire_after_s,
+            };
+            let started = homeassistant::start(homeassistant::Parts {
+                config: ha_config,
+                catalog,
+                link,
+                events,
+                engine: engine_tx.clone(),
+                writer: store.writer(),
+                db_path: db_path.clone(),
+            })
+            .await;
+            match started {
+                Ok(tasks) => jobs.extend(tasks),
+                Err(e) => {
+                    // Stop what already runs before reporting.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        drop(broker);
+                        let _ = engine_tx.send(Input::Stop);
+                        let _ = engine_thread.join();
+                        store.close();
+                    })
+                    .await;
+                    return Err(e.into());
+                }
+            }
+        }
         if retention_days > 0 {
             let writer = store.writer();
             let nightly =
@@ -232,6 +343,7 @@ impl Hub {
         });
         Ok(Hub {
             engine,
+            learner,
             metrics,
             hub_id,
             http_addr,

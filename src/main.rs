@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use smarthub::config::{self, Config, DEFAULT_CONFIG};
+use smarthub::learning::{self, registry::Outcome, LearningError, Target, TrainOptions};
 
 mod bench;
 
@@ -57,6 +58,54 @@ enum Command {
         /// Where to write the copy; must not exist.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Train models now from the hub's database and print their metrics. A new model replaces the
+    /// active one only if it validates at least as well; a running hub picks it up within seconds.
+    Train {
+        /// The hub's data directory (holding data/smarthub.db and models/). Default: as for `run`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Only this target: light, tv or fan. Default: all three.
+        #[arg(long, value_name = "TARGET")]
+        target: Option<String>,
+    },
+    /// Score every candidate model on CSV exports of the old backend (light_dataset.csv,
+    /// tv_dataSert.csv, wether_dataset.csv) with 5-fold cross-validation (row index mod 5).
+    Eval {
+        /// Directory holding the exports.
+        #[arg(long, value_name = "DIR")]
+        dataset_dir: PathBuf,
+        /// Train on --dataset-dir and score on the exports in this directory instead.
+        #[arg(long, value_name = "DIR")]
+        holdout_dir: Option<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Also estimate the whole choice by nested cross-validation (5 outer x 5 inner folds).
+        #[arg(long)]
+        nested: bool,
+    },
+    /// Import CSV exports of the old backend into the hub's database (idempotent: rows already
+    /// imported are skipped). Stop the hub first or run it beside: each file is one transaction.
+    Import {
+        /// Directory holding light_dataset.csv, tv_dataSert.csv and/or wether_dataset.csv.
+        #[arg(long, value_name = "DIR")]
+        csv_dir: PathBuf,
+        /// The hub's data directory. Default: as for `run`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Benchmark: generate N synthetic rows per target in a temporary database and time the nightly
+    /// retrain while the writer keeps ingesting.
+    #[command(hide = true)]
+    BenchTrain {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Keep the database and models here instead of a temporary directory (must not exist).
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Add or replace USER in an MQTT password file (argon2 hashes). Reads the password from
     /// standard input (asks for it on a terminal).
@@ -116,14 +165,8 @@ fn init_logging() {
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        return Ok(PathBuf::from(first));
+    if let Some(dir) = config::systemd_dir("STATE_DIRECTORY") {
+        return Ok(dir);
     }
     std::env::current_dir().context("cannot read the working directory")
 }
@@ -215,6 +258,166 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("backed up {} to {}", db.display(), file.display());
             Ok(())
         }
+        Command::Train { data_dir, target } => {
+            let data_dir = match data_dir {
+                Some(d) => d,
+                None => default_data_dir()?,
+            };
+            let targets = parse_targets(target.as_deref())?;
+            let db = smarthub::database_path(&data_dir);
+            let models = smarthub::models_dir(&data_dir);
+            let opts = TrainOptions::default();
+            let mut failed = 0;
+            for target in targets {
+                let mut progress = Progress::new(&format!("training {target}"), 0);
+                let result = learning::retrain(&db, &models, target, &opts);
+                progress.finish();
+                match result {
+                    Ok(done) => {
+                        let r = &done.report;
+                        println!(
+                            "{target}: {} on {} rows (selection on {}): accuracy {:.4}, balanced accuracy {:.4}, {:.1} s",
+                            r.chosen, r.rows, r.selection_rows, r.accuracy, r.balanced_accuracy, r.seconds
+                        );
+                        for c in &r.candidates {
+                            match &c.error {
+                                None => println!(
+                                    "  {:<45} accuracy {:.4}  balanced {:.4}  {:.2} s",
+                                    c.candidate, c.accuracy, c.balanced_accuracy, c.seconds
+                                ),
+                                Some(e) => println!("  {:<45} failed: {e}", c.candidate),
+                            }
+                        }
+                        match done.outcome {
+                            Outcome::Promoted(v) => println!(
+                                "  saved {} and made it active",
+                                learning::registry::target_dir(&models, target)
+                                    .join(&v.file)
+                                    .display()
+                            ),
+                            Outcome::KeptActive { active, .. } => println!(
+                                "  not kept: the active model {} validated better (balanced accuracy {:.4}, accuracy {:.4})",
+                                active.file, active.balanced_accuracy, active.accuracy
+                            ),
+                        }
+                    }
+                    Err(e @ LearningError::NotEnoughData { .. }) => println!("{e}"),
+                    Err(e) => {
+                        eprintln!("smarthub: {target}: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} target(s) failed");
+            }
+            Ok(())
+        }
+        Command::Eval {
+            dataset_dir,
+            holdout_dir,
+            json,
+            nested,
+        } => {
+            let opts = TrainOptions {
+                selection_rows: usize::MAX,
+                ..TrainOptions::default()
+            };
+            let total = (learning::legacy_csv::FILES
+                .iter()
+                .filter(|(_, name, _)| dataset_dir.join(name).is_file())
+                .count()
+                * (learning::models::Spec::candidates(1).len() + usize::from(nested)))
+                as u64;
+            let mut progress = Progress::new("evaluating", total);
+            let report = learning::eval::evaluate(
+                &dataset_dir,
+                holdout_dir.as_deref(),
+                nested,
+                &opts,
+                &mut |what| progress.step(what),
+            )
+            .with_context(|| format!("evaluating {}", dataset_dir.display()))?;
+            progress.finish();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Command::Import { csv_dir, data_dir } => {
+            let data_dir = match data_dir {
+                Some(d) => d,
+                None => default_data_dir()?,
+            };
+            let files = learning::legacy_csv::read_dir(&csv_dir)?;
+            let db = smarthub::database_path(&data_dir);
+            let mut conn = smarthub::store::open_migrated(&db)
+                .with_context(|| format!("opening {} (is --data-dir right?)", db.display()))?;
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            for file in &files {
+                let name = file.path.display().to_string();
+                let mut progress = Progress::new(&name, file.rows.len() as u64);
+                let counts =
+                    learning::legacy_csv::import(&mut conn, file, now_ms, &mut |n| progress.inc(n))
+                        .with_context(|| format!("importing {name}: nothing from it was stored"))?;
+                progress.finish();
+                println!(
+                    "{name}: {} imported, {} already imported before, {} skipped",
+                    counts.imported, counts.already, counts.skipped
+                );
+                for example in &counts.skipped_examples {
+                    println!("  skipped {example}");
+                }
+            }
+            Ok(())
+        }
+        Command::BenchTrain { rows, keep, json } => {
+            let mut tmp = None;
+            let dir = match keep {
+                Some(d) => {
+                    if d.exists() {
+                        anyhow::bail!("{}: already exists; choose a new directory", d.display());
+                    }
+                    d
+                }
+                None => {
+                    let d = tempfile_dir()?;
+                    tmp = Some(d.clone());
+                    d
+                }
+            };
+            let mut progress = Progress::new("bench-train", 0);
+            let report = learning::bench::run(&dir, rows, &TrainOptions::default(), &mut |what| {
+                progress.step(what)
+            });
+            progress.finish();
+            if let Some(d) = tmp {
+                // Hundreds of MB of generated rows: only kept when asked (--keep).
+                let _ = std::fs::remove_dir_all(d);
+            }
+            let report = report?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} rows per target generated in {:.1} s; retrain of all targets: {:.1} s",
+                    report.rows_per_target, report.generate_seconds, report.retrain_seconds
+                );
+                for t in &report.targets {
+                    println!(
+                        "  {}: {} rows, {} (accuracy {:.4}, balanced {:.4}) in {:.1} s, model file {} bytes",
+                        t.target, t.rows, t.chosen, t.accuracy, t.balanced_accuracy, t.seconds, t.model_file_bytes
+                    );
+                }
+                println!(
+                    "  meanwhile {} readings committed; longest commit wait {:.1} ms",
+                    report.ingested_during_retrain, report.worst_commit_wait_ms
+                );
+            }
+            Ok(())
+        }
         Command::Passwd { file, user } => {
             let stdin = std::io::stdin();
             if stdin.is_terminal() {
@@ -263,6 +466,101 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             simulate(options)
         }
         Command::Bench(args) => bench::main(args),
+    }
+}
+
+fn parse_targets(target: Option<&str>) -> anyhow::Result<Vec<Target>> {
+    match target {
+        None => Ok(Target::ALL.to_vec()),
+        Some(t) => Target::parse(t)
+            .map(|t| vec![t])
+            .ok_or_else(|| anyhow::anyhow!("--target {t}: use light, tv or fan")),
+    }
+}
+
+/// A fresh directory under the system temp dir for `bench-train` (removed after the run).
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "smarthub-bench-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().format("%Y%m%dT%H%M%S")
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Progress of long CLI work: a bar on a terminal, plain lines when piped.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    label: String,
+    total: u64,
+    done: u64,
+    next_line: u64,
+}
+
+impl Progress {
+    fn new(label: &str, total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = if total > 0 {
+                indicatif::ProgressBar::new(total)
+            } else {
+                indicatif::ProgressBar::new_spinner()
+            };
+            let style = if total > 0 {
+                "{prefix} [{bar:30}] {pos}/{len} {msg}"
+            } else {
+                "{prefix} {spinner} {msg} ({elapsed})"
+            };
+            if let Ok(s) = indicatif::ProgressStyle::with_template(style) {
+                bar.set_style(s.progress_chars("=> "));
+            }
+            bar.set_prefix(label.to_owned());
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        });
+        if bar.is_none() {
+            eprintln!("{label}: started");
+        }
+        Progress {
+            bar,
+            label: label.to_owned(),
+            total,
+            done: 0,
+            next_line: 0,
+        }
+    }
+
+    fn inc(&mut self, n: u64) {
+        self.done += n;
+        match &self.bar {
+            Some(bar) => bar.inc(n),
+            None if self.total > 0 && self.done >= self.next_line => {
+                eprintln!("{}: {}/{}", self.label, self.done, self.total);
+                self.next_line = self.done + (self.total / 10).max(1);
+            }
+            None => {}
+        }
+    }
+
+    /// One named step done.
+    fn step(&mut self, what: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(what.to_owned());
+                if self.total > 0 {
+                    bar.inc(1);
+                }
+            }
+            None => eprintln!("{}: {what}", self.label),
+        }
+        self.done += 1;
+    }
+
+    fn finish(&mut self) {
+        match self.bar.take() {
+            Some(bar) => bar.finish_and_clear(),
+            None => eprintln!("{}: done", self.label),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::RwLock;
 use std::time::Instant;
 
 use crate::home::Thing;
@@ -21,6 +22,8 @@ pub struct Metrics {
     pub db_retry_pending: AtomicU64,
     pub db_degraded: AtomicBool,
     pub started: Instant,
+    /// Active model per target: (target, validated accuracy, trained at, unix ms).
+    models: RwLock<Vec<(String, f64, i64)>>,
 }
 
 impl Default for Metrics {
@@ -36,6 +39,7 @@ impl Default for Metrics {
             db_retry_pending: AtomicU64::new(0),
             db_degraded: AtomicBool::new(false),
             started: Instant::now(),
+            models: RwLock::new(Vec::new()),
         }
     }
 }
@@ -74,6 +78,35 @@ impl Metrics {
 
     pub fn uptime_s(&self) -> u64 {
         self.started.elapsed().as_secs()
+    }
+
+    /// Records the active model of a target (its cross-validated accuracy and training time).
+    pub fn set_model(&self, target: &str, accuracy: f64, trained_at_ms: i64) {
+        if let Ok(mut m) = self.models.write() {
+            m.retain(|(t, _, _)| t != target);
+            m.push((target.to_owned(), accuracy, trained_at_ms));
+            m.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+    }
+
+    fn render_models(&self, out: &mut String) {
+        let models = self.models.read().map(|m| m.clone()).unwrap_or_default();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let _ = writeln!(
+            out,
+            "# HELP smarthub_model_accuracy Cross-validated accuracy of the active model, by target.\n# TYPE smarthub_model_accuracy gauge"
+        );
+        for (t, acc, _) in &models {
+            let _ = writeln!(out, "smarthub_model_accuracy{{target=\"{t}\"}} {acc}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP smarthub_model_age_seconds Seconds since the active model was trained, by target.\n# TYPE smarthub_model_age_seconds gauge"
+        );
+        for (t, _, at) in &models {
+            let age = (now_ms - at).max(0) / 1000;
+            let _ = writeln!(out, "smarthub_model_age_seconds{{target=\"{t}\"}} {age}");
+        }
     }
 
     /// Prometheus text exposition format 0.0.4.
@@ -172,6 +205,7 @@ impl Metrics {
             "Seconds since the hub started.",
             vec![(String::new(), self.uptime_s())],
         );
+        self.render_models(&mut out);
         out
     }
 }

@@ -40,7 +40,8 @@ pub enum StoreError {
 }
 
 /// Schema migrations; `PRAGMA user_version` says how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE light_readings (
     id INTEGER PRIMARY KEY,
@@ -117,7 +118,52 @@ CREATE TABLE nodes (
     messages INTEGER NOT NULL DEFAULT 0,
     rejections INTEGER NOT NULL DEFAULT 0
 );
-"#];
+"#,
+    // 2: learning — the model registry, Assisted-mode suggestions, and which old CSV rows were imported.
+    r#"
+CREATE TABLE model_versions (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    file TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    trained_at_ms INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    accuracy REAL NOT NULL,
+    balanced_accuracy REAL NOT NULL,
+    metrics TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX model_versions_active ON model_versions (target, active);
+CREATE TABLE suggestions (
+    id INTEGER PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    prediction INTEGER NOT NULL,
+    probability REAL NOT NULL,
+    model_used TEXT NOT NULL,
+    read INTEGER NOT NULL DEFAULT 0,
+    answer INTEGER,
+    answered_ms INTEGER
+);
+CREATE TABLE legacy_imports (
+    target TEXT NOT NULL,
+    legacy_id INTEGER NOT NULL,
+    PRIMARY KEY (target, legacy_id)
+);
+"#,
+    // 3: Home Assistant discovery configs the hub has published (retained), so that entities which no
+    // longer exist can be removed even after a restart lost the broker's memory. A withdrawn config
+    // (`withdrawn_ms` set) is withdrawn again whenever Home Assistant comes online: it may not have been
+    // connected when the empty config went out, and an empty retained message leaves nothing behind.
+    r#"
+CREATE TABLE ha_discovery (
+    topic TEXT PRIMARY KEY,
+    node_id TEXT,
+    announced_ms INTEGER NOT NULL,
+    withdrawn_ms INTEGER
+);
+"#,
+];
 
 /// The table holding readings of a kind.
 pub fn table(kind: ReadingKind) -> &'static str {
@@ -154,6 +200,25 @@ pub enum WriteOp {
     },
     /// Delete readings measured before this time.
     Prune {
+        before_ms: i64,
+    },
+    /// Forget a node: delete its `nodes` row (its readings stay).
+    ForgetNode {
+        node_id: String,
+    },
+    /// A Home Assistant discovery config was published on `topic` (for `node_id`'s device, if any).
+    DiscoveryAnnounced {
+        topic: String,
+        node_id: Option<String>,
+        at_ms: i64,
+    },
+    /// The config on `topic` was withdrawn (an empty retained message).
+    DiscoveryWithdrawn {
+        topic: String,
+        at_ms: i64,
+    },
+    /// Stop remembering configs withdrawn before this time.
+    DiscoveryPrune {
         before_ms: i64,
     },
 }
@@ -348,6 +413,21 @@ impl Store {
     }
 }
 
+/// A read-write connection to a database file, created and migrated when needed: for rare writes
+/// outside the writer thread (the model registry, suggestions, `smarthub import`). SQLite serialises
+/// them with the writer's commits (busy timeout 5 s).
+pub fn open_migrated(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let mut conn = open_rw(path)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
 /// A read-only connection to a database file.
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
@@ -387,6 +467,57 @@ pub fn backup(db: &Path, dest: &Path) -> Result<(), StoreError> {
     }
     dst.execute_batch("PRAGMA journal_mode = DELETE;")?;
     Ok(())
+}
+
+/// A row of the `nodes` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub last_seen_ms: i64,
+    /// Reading kinds the node has sent (accepted).
+    pub kinds: Vec<ReadingKind>,
+}
+
+/// Every known node.
+pub fn nodes(conn: &Connection) -> Result<Vec<NodeRow>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT node_id, last_seen_ms, kinds FROM nodes ORDER BY node_id")?;
+    let rows = stmt.query_map([], |r| {
+        let kinds: String = r.get(2)?;
+        Ok(NodeRow {
+            node_id: r.get(0)?,
+            last_seen_ms: r.get(1)?,
+            kinds: kinds.split(',').filter_map(ReadingKind::parse).collect(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether the `nodes` table knows `node_id`.
+pub fn node_exists(conn: &Connection, node_id: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row("SELECT 1 FROM nodes WHERE node_id = ?1", [node_id], |_| {
+            Ok(())
+        })
+        .optional()?
+        .is_some())
+}
+
+/// Home Assistant discovery topics announced and not withdrawn: (topic, node id).
+pub fn discovery_announced(conn: &Connection) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT topic, node_id FROM ha_discovery WHERE withdrawn_ms IS NULL ORDER BY topic",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Home Assistant discovery topics withdrawn at or after `since_ms`.
+pub fn discovery_withdrawn(conn: &Connection, since_ms: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT topic FROM ha_discovery WHERE withdrawn_ms >= ?1 ORDER BY topic")?;
+    let rows = stmt.query_map([since_ms], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Counts rows of a reading table (used by tests and the CLI).
@@ -560,6 +691,32 @@ fn apply(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<Vec<(Readin
                      last_seen_ms = max(last_seen_ms, excluded.last_seen_ms)",
                 )?
                 .execute(params![node_id, at_ms, status])?;
+            }
+            WriteOp::ForgetNode { node_id } => {
+                // Seen earlier in this batch, then forgotten: the forgetting wins.
+                nodes.remove(node_id.as_str());
+                tx.prepare_cached("DELETE FROM nodes WHERE node_id = ?1")?
+                    .execute([node_id])?;
+            }
+            WriteOp::DiscoveryAnnounced {
+                topic,
+                node_id,
+                at_ms,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO ha_discovery (topic, node_id, announced_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (topic) DO UPDATE SET node_id = excluded.node_id,
+                     announced_ms = excluded.announced_ms, withdrawn_ms = NULL",
+                )?
+                .execute(params![topic, node_id, at_ms])?;
+            }
+            WriteOp::DiscoveryWithdrawn { topic, at_ms } => {
+                tx.prepare_cached("UPDATE ha_discovery SET withdrawn_ms = ?2 WHERE topic = ?1")?
+                    .execute(params![topic, at_ms])?;
+            }
+            WriteOp::DiscoveryPrune { before_ms } => {
+                tx.prepare_cached("DELETE FROM ha_discovery WHERE withdrawn_ms < ?1")?
+                    .execute([before_ms])?;
             }
             WriteOp::Prune { before_ms } => {
                 for kind in ReadingKind::ALL {
@@ -766,5 +923,71 @@ mod tests {
 
         let (_store, again) = Store::open(&path, &StorageSection::default(), metrics).unwrap();
         assert_eq!(again.hub_id, loaded.hub_id, "the hub id is kept");
+    }
+
+    #[test]
+    fn forgetting_a_node_keeps_its_readings_and_discovery_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/smarthub.db");
+        let (store, _) = Store::open(
+            &path,
+            &StorageSection::default(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let w = store.writer();
+        let seen = |at_ms| WriteOp::NodeSeen {
+            node_id: "n1".into(),
+            at_ms,
+            kind: Some(ReadingKind::Tv),
+            rejected: false,
+        };
+        w.send(WriteOp::Reading(Box::new(reading(0))));
+        w.send(seen(1));
+        w.send(WriteOp::DiscoveryAnnounced {
+            topic: "homeassistant/sensor/a/config".into(),
+            node_id: Some("n1".into()),
+            at_ms: 1,
+        });
+        w.send(WriteOp::DiscoveryAnnounced {
+            topic: "homeassistant/light/b/config".into(),
+            node_id: None,
+            at_ms: 1,
+        });
+        // Seen then forgotten in one batch: forgotten.
+        w.send(WriteOp::ForgetNode {
+            node_id: "n1".into(),
+        });
+        w.send(WriteOp::DiscoveryWithdrawn {
+            topic: "homeassistant/sensor/a/config".into(),
+            at_ms: 5,
+        });
+        assert!(w.flush(Duration::from_secs(5)));
+        let conn = store.reader().unwrap();
+        assert!(!node_exists(&conn, "n1").unwrap());
+        assert_eq!(count_readings(&conn, ReadingKind::Tv).unwrap(), 1);
+        assert_eq!(
+            discovery_announced(&conn).unwrap(),
+            vec![("homeassistant/light/b/config".to_owned(), None)]
+        );
+        assert_eq!(
+            discovery_withdrawn(&conn, 0).unwrap(),
+            vec!["homeassistant/sensor/a/config".to_owned()]
+        );
+        w.send(WriteOp::DiscoveryPrune { before_ms: 6 });
+        // Forgotten then seen again: known again, with its kinds.
+        w.send(seen(2));
+        assert!(w.flush(Duration::from_secs(5)));
+        assert!(discovery_withdrawn(&conn, 0).unwrap().is_empty());
+        assert_eq!(
+            nodes(&conn).unwrap(),
+            vec![NodeRow {
+                node_id: "n1".into(),
+                last_seen_ms: 2,
+                kinds: vec![ReadingKind::Tv],
+            }]
+        );
+        drop(w);
+        store.close();
     }
 }

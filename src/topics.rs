@@ -86,6 +86,14 @@ impl Topics {
         format!("{}/prediction/{target}", self.base)
     }
 
+    /// The target of a prediction topic (`<base>/prediction/<target>`).
+    pub fn prediction_target<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(self.base.as_str())?
+            .strip_prefix("/prediction/")
+            .filter(|t| !t.is_empty() && !t.contains('/'))
+    }
+
     pub fn suggestion(&self) -> String {
         format!("{}/suggestion", self.base)
     }
@@ -142,6 +150,30 @@ impl Topics {
             ["nodes", id, ..] if !is_valid_node_id(id) => Route::BadNodeId((*id).to_owned()),
             _ => Route::Unknown,
         }
+    }
+}
+
+/// Home Assistant's discovery topics under its (configurable) discovery prefix.
+#[derive(Debug, Clone)]
+pub struct DiscoveryTopics {
+    prefix: String,
+}
+
+impl DiscoveryTopics {
+    pub fn new(prefix: &str) -> DiscoveryTopics {
+        DiscoveryTopics {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Where Home Assistant says `online` / `offline` (its birth and last will).
+    pub fn status(&self) -> String {
+        format!("{}/status", self.prefix)
+    }
+
+    /// `<prefix>/<component>/<object_id>/config`: a retained entity config; empty deletes it.
+    pub fn config(&self, component: &str, object_id: &str) -> String {
+        format!("{}/{component}/{object_id}/config", self.prefix)
     }
 }
 

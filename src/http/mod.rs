@@ -1,13 +1,22 @@
-//! The HTTP adapter (axum): health, metrics, and the REST routes. Handlers only parse and validate, then
+//! The HTTP adapter (axum): health, metrics, the legacy routes the mobile app uses ([`legacy`]), the
+//! versioned JSON API ([`api`]) and its live stream ([`stream`]). Handlers only parse and validate, then
 //! send the engine the same commands MQTT sends, or read the same state.
+
+pub mod api;
+pub mod exports;
+pub mod legacy;
+mod nodes;
+pub mod predictions;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,6 +24,7 @@ use serde_json::json;
 
 use crate::broker::count_tcp_sockets;
 use crate::engine::EngineHandle;
+use crate::home::CommandError;
 use crate::metrics::Metrics;
 
 /// What every handler can reach.
@@ -25,6 +35,10 @@ pub struct AppState {
     pub db_path: PathBuf,
     pub mqtt_listeners: Vec<(&'static str, SocketAddr)>,
     pub hub_id: String,
+    pub max_fan_level: u8,
+    /// When set, state-changing routes need `Authorization: Bearer <token>`.
+    pub api_token: Option<Arc<String>>,
+    pub learner: Arc<crate::learning::runtime::Learner>,
 }
 
 impl AppState {
@@ -51,21 +65,96 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({"status": "error", "message": self.message})),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
+}
+
+/// The one mapping of command refusals to HTTP statuses.
+pub fn command_error(e: CommandError) -> ApiError {
+    match e {
+        CommandError::Invalid { .. } => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+        // The legacy app matches this exact body.
+        CommandError::PinInvalid => ApiError::new(StatusCode::FORBIDDEN, "PINCODE INVALID"),
+        CommandError::LockedOut { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
+        CommandError::Unavailable => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Legacy GET routes that change state (the old README's dialect toggles with GET).
+const STATE_CHANGING_GETS: &[&str] = &[
+    "/switch_",
+    "/set_temperature/",
+    "/insert/",
+    "/insert_tv/",
+    "/insert_wether/",
+    "/answer_predict/",
+    "/set_notification_read/",
+];
+
+fn changes_state(method: &Method, path: &str) -> bool {
+    if method != Method::GET && method != Method::HEAD && method != Method::OPTIONS {
+        return true;
+    }
+    STATE_CHANGING_GETS.iter().any(|p| path.starts_with(p))
+}
+
+/// Bearer-token check of state-changing routes, when a token is configured.
+async fn require_token(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &app.api_token {
+        if changes_state(request.method(), request.uri().path()) {
+            let given = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let ok = given.is_some_and(|g| {
+                g.len() == token.len()
+                    && g.bytes()
+                        .zip(token.bytes())
+                        .fold(0u8, |a, (x, y)| a | (x ^ y))
+                        == 0
+            });
+            if !ok {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "authorization: this route needs `Authorization: Bearer <token>`",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// Every route of the hub.
 pub fn router(state: AppState) -> Router {
+    let (api, _doc) = api::routes();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(legacy::routes())
+        .merge(api)
+        .merge(exports::routes())
+        .merge(predictions::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
 }
 

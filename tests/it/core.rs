@@ -360,6 +360,8 @@ async fn shutdown_keeps_every_acknowledged_reading() {
         .await;
     }
     node.wait_acked(10_000).await;
+    // The drain thread kept up: no gap in the broker log's cursor.
+    assert_eq!(hub.metric("smarthub_messages_lost_total").await, 0);
     let path = hub.db_path();
     hub.stop().await;
     assert_eq!(count_in(&path, ReadingKind::Climate), 10_000);
@@ -614,4 +616,234 @@ fn check_config_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// With a password file, MQTT clients need a valid user name and password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_passwords_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwords");
+    smarthub::auth::set_password(&file, "sensor", "correct horse").unwrap();
+    let mut config = test_config();
+    config.mqtt_auth.password_file = file.display().to_string();
+    let mut hub = TestHub::start_in(dir, config).await;
+    let addr = hub.mqtt_addr();
+    for (creds, should_connect) in [
+        (None, false),
+        (Some(("sensor", "wrong")), false),
+        (Some(("nobody", "correct horse")), false),
+        (Some(("sensor", "correct horse")), true),
+    ] {
+        let mut opts = rumqttc::MqttOptions::new("auth-probe", addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        if let Some((u, p)) = creds {
+            opts.set_credentials(u, p);
+        }
+        let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        assert_eq!(outcome, should_connect, "{creds:?}");
+    }
+    assert!(
+        hub.metric("smarthub_messages_rejected_total{reason=\"unauthorized\"}")
+            .await
+            >= 2
+    );
+    hub.stop().await;
+}
+
+/// A locked database: the hub keeps serving, /healthz says degraded, and the reading lands afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_database_degrades_then_recovers() {
+    let mut hub = TestHub::start().await;
+    let node = hub.mqtt("while-locked").await;
+    let mut blocker = rusqlite::Connection::open(hub.db_path()).unwrap();
+    let lock = blocker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .unwrap();
+    node.publish("smarthub/nodes/n/tv", r#"{"motion": true, "channel": 1}"#)
+        .await;
+    node.wait_acked(1).await;
+    let url = hub.url("/healthz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let health: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if health["status"] == "degraded" {
+            assert!(
+                health["database"]["retry_pending"].as_u64().unwrap() >= 1,
+                "{health}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never degraded: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(hub.metric("smarthub_db_write_failures_total").await >= 1);
+    // Still serving MQTT and HTTP.
+    let resp = reqwest::get(hub.url("/get_light_state/")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    lock.rollback().unwrap();
+    drop(blocker);
+    hub.wait_count(ReadingKind::Tv, 1).await;
+    let health: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    node.disconnect().await;
+    hub.stop().await;
+}
+
+/// `--mqtt5-listen` opens an MQTT 5 listener beside 3.1.1; readings published over it are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_listener_is_opt_in_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    let v5_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    config.set_mqtt5_listen(v5_addr).unwrap();
+    let mut hub = TestHub::start_in(dir, config).await;
+    assert_eq!(hub.hub().mqtt_listeners.len(), 2);
+    let mut opts = rumqttc::v5::MqttOptions::new("v5-node", "127.0.0.1", v5_addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = acks.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::PubAck(_)) = event {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    client
+        .publish(
+            "smarthub/nodes/v5/tv",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            r#"{"motion": true, "channel": 4}"#,
+        )
+        .await
+        .unwrap();
+    hub.wait_count(ReadingKind::Tv, 1).await;
+    eventually("PUBACK over MQTT 5", || {
+        acks.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    task.abort();
+    hub.stop().await;
+    let default = smarthub::config::Config::default_config();
+    assert_eq!(
+        default.mqtt_listeners().len(),
+        1,
+        "MQTT 5 is off by default"
+    );
+}
+
+/// The real binary: ready on its ports, SIGTERM → every acknowledged reading stored, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt_port = free_port();
+    let http_port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smarthub"))
+        .args([
+            "run",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--mqtt-listen",
+            &format!("127.0.0.1:{mqtt_port}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http_port}"),
+        ])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{http_port}/healthz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while reqwest::get(&health).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the binary never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node = Mqtt::connect(
+        format!("127.0.0.1:{mqtt_port}").parse().unwrap(),
+        "sig-node",
+    )
+    .await;
+    for _ in 0..2000 {
+        node.publish(
+            "smarthub/nodes/sig/tv",
+            r#"{"motion": false, "channel": 2}"#,
+        )
+        .await;
+    }
+    node.wait_acked(2000).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    assert_eq!(
+        count_in(&smarthub::database_path(dir.path()), ReadingKind::Tv),
+        2000
+    );
+    node.disconnect().await;
+}
+
+/// The door PIN comes from a file (never from broker.toml); a malformed one stops the start, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn door_pin_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pin_file = dir.path().join("door_pin");
+    std::fs::write(&pin_file, "4321\n").unwrap();
+    let mut config = test_config();
+    config.door.pin_file = pin_file.display().to_string();
+    let mut hub = TestHub::start_in(dir, config.clone()).await;
+    let engine = hub.hub().engine.clone();
+    let open = |pin: &str| Command::DoorOpen { pin: pin.into() };
+    assert_eq!(
+        engine
+            .command(open("1234"), Origin::Rest)
+            .await
+            .unwrap_err(),
+        CommandError::PinInvalid
+    );
+    assert!(
+        engine
+            .command(open("4321"), Origin::Rest)
+            .await
+            .unwrap()
+            .door_open
+    );
+    hub.stop().await;
+
+    std::fs::write(&pin_file, "12345\n").unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let err = smarthub::Hub::start(test_config_with_pin(&config), other.path())
+        .await
+        .err()
+        .expect("a 5-character PIN is refused");
+    assert!(err.to_string().contains("door_pin"), "{err}");
+}
+
+fn test_config_with_pin(template: &smarthub::config::Config) -> smarthub::config::Config {
+    let mut config = test_config();
+    config.door.pin_file = template.door.pin_file.clone();
+    config
 }

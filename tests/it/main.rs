@@ -3,5 +3,9 @@
 
 mod contracts;
 mod core;
+mod exports;
+mod homeassistant;
+mod learning;
+mod rest;
 mod simulate;
 mod support;

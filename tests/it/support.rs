@@ -138,6 +138,7 @@ pub struct Mqtt {
     pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Publish>,
     pub acked: Arc<AtomicUsize>,
+    subacked: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -158,9 +159,11 @@ impl Mqtt {
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
         let (tx, rx) = mpsc::unbounded_channel();
         let acked = Arc::new(AtomicUsize::new(0));
+        let subacked = Arc::new(AtomicUsize::new(0));
         let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
         let mut conn_tx = Some(conn_tx);
         let acks = acked.clone();
+        let subacks = subacked.clone();
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -174,6 +177,9 @@ impl Mqtt {
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         acks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subacks.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(_) => {}
                     Err(_) => {
@@ -193,15 +199,23 @@ impl Mqtt {
             client,
             rx,
             acked,
+            subacked,
             task,
         }
     }
 
+    /// Subscribes and waits for the SUBACK, so nothing published after this returns is missed.
     pub async fn subscribe(&self, filter: &str) {
+        let before = self.subacked.load(Ordering::SeqCst);
         self.client
             .subscribe(filter, QoS::AtLeastOnce)
             .await
             .unwrap();
+        let subacked = self.subacked.clone();
+        eventually(&format!("SUBACK for {filter}"), || {
+            subacked.load(Ordering::SeqCst) > before
+        })
+        .await;
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
@@ -227,6 +241,19 @@ impl Mqtt {
                 _ => return None,
             }
         }
+    }
+
+    /// Everything received until nothing more arrives for `quiet` (at most 30 s in all).
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Publish> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(quiet, self.rx.recv()).await {
+                Ok(Some(p)) => out.push(p),
+                _ => break,
+            }
+        }
+        out
     }
 
     /// Waits until `n` publishes in all were acknowledged.
