@@ -525,9 +525,11 @@ fn render(r: &Report, elapsed_s: u64) -> String {
     if let Some(l) = &r.latency {
         let _ = writeln!(
             o,
-            "\n### Latency\n\n{} s per run; background load is TV readings from 4 paced QoS 1 clients, probes are light \
-             readings (→ `smarthub/prediction/light`) and climate readings (→ `smarthub/climate/state`, paired by a unique \
-             humidity), {}/s or 10 % of the load, whichever is less. {}.\n",
+            "\n### Latency\n\n{} s per run; background load is TV readings from 4 paced QoS 1 clients; probes (QoS 1), \
+             {}/s or 10 % of the load, whichever is less, alternate light readings (answered on \
+             `smarthub/prediction/light`, paired by a light intensity unique to each probe that the prediction echoes in \
+             its `inputs`) and climate readings (answered on the retained `smarthub/climate/state`, paired by a unique \
+             humidity). The hub first gets 7 days of simulated history and `POST /api/v1/train`. {}.\n",
             r.latency_secs,
             200,
             l.prediction_note
@@ -604,8 +606,8 @@ fn render(r: &Report, elapsed_s: u64) -> String {
     if !r.rest.is_empty() {
         let _ = writeln!(
             o,
-            "\n### REST\n\n{} concurrent keep-alive HTTP/1.1 clients (the bench's own client), {} s per run, against a fresh \
-             hub. Statuses are shown as received.\n",
+            "\n### REST\n\n{} concurrent keep-alive HTTP/1.1 clients (the bench's own client), {} s per run, against a hub \
+             with 7 days of simulated history and trained models. Statuses are shown as received.\n",
             rest::CONCURRENCY,
             r.secs
         );

@@ -322,11 +322,6 @@ impl Programs {
         self.start_in(target, dir).await
     }
 
-    /// Starts the hub again on an existing data directory (to keep its database and models).
-    pub async fn restart_hub(&self, dir: PathBuf) -> anyhow::Result<Running> {
-        self.start_in(Target::Smarthub, dir).await
-    }
-
     async fn start_in(&self, target: Target, dir: PathBuf) -> anyhow::Result<Running> {
         let port = free_port()?;
         let mqtt = loopback(port);
