@@ -135,9 +135,9 @@ pub async fn run(
     runs: usize,
     clients: usize,
 ) -> anyhow::Result<Vec<ConnectionsCell>> {
-    let mut cells: Vec<ConnectionsCell> = [Target::Smarthub, Target::Rumqttd, Target::Mosquitto]
+    let mut cells: Vec<ConnectionsCell> = programs
+        .targets()
         .into_iter()
-        .filter(|t| programs.available(*t))
         .map(|target| ConnectionsCell {
             target,
             runs: Vec::new(),

@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 keep-alive client for the REST load and for reading the hub's `/metrics`: GET only,
-//! bodies framed by Content-Length (what axum sends for these routes). Cheap, like the MQTT load client.
+//! A minimal HTTP/1.1 keep-alive client for the REST load and for reading the hub's `/metrics`: GET and an
+//! empty POST, bodies framed by Content-Length (what axum sends). Cheap, like the MQTT load client.
 
 use std::net::SocketAddr;
 
@@ -40,7 +40,20 @@ impl HttpConn {
     /// GET `path`; the connection stays open for the next request.
     pub async fn get(&mut self, path: &str) -> anyhow::Result<Response> {
         let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
-        self.stream.write_all(req.as_bytes()).await?;
+        self.send(req.as_bytes()).await
+    }
+
+    /// POST `path` with an empty body.
+    pub async fn post(&mut self, path: &str) -> anyhow::Result<Response> {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            self.host
+        );
+        self.send(req.as_bytes()).await
+    }
+
+    async fn send(&mut self, req: &[u8]) -> anyhow::Result<Response> {
+        self.stream.write_all(req).await?;
         let mut chunk = [0u8; 16 * 1024];
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {

@@ -1,12 +1,14 @@
 //! Latency: publish of a reading → prediction on `smarthub/prediction/light`, at 1,000 and 10,000 readings
 //! per second. Background load is TV readings from 4 paced clients; among it a probe client sends light
-//! readings (answered by light predictions, paired in order) and climate readings (answered by the hub's
-//! retained `smarthub/climate/state`, paired by a humidity value unique to each probe).
+//! readings (answered by light predictions, paired by a light intensity unique to each probe, which the
+//! prediction echoes in its `inputs`) and climate readings (answered by the hub's retained
+//! `smarthub/climate/state`, paired by a unique humidity).
 //!
-//! Predictions need a trained model. The harness first gives the hub 7 days of back-dated history from
-//! the simulator and restarts it, then checks whether a light reading is answered by a prediction within
-//! 5 s. When none comes, it says so and reports publish → climate state (the engine has processed the
-//! reading and published the state it changed) instead: never an invented prediction figure.
+//! Predictions need a trained model: [`trained_hub`] gives a fresh hub 7 days of back-dated history from
+//! the simulator, asks it to train (`POST /api/v1/train`), waits until `/prediction_light/` answers 200,
+//! and checks that a light reading is answered by a prediction. When no prediction comes, the report says
+//! so and shows publish → climate state (the engine processed the reading and published the state it
+//! changed) instead: never an invented prediction figure.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use serde::Serialize;
 use smarthub::simulate::{self, SimOptions, SimStats};
 use tokio::io::AsyncWriteExt;
 
+use super::http::HttpConn;
 use super::mqtt::{publish_until, put_publish, Conn, Message, Pace};
 use super::procs::{CpuMark, CpuUse, Programs, Running};
 use super::stats::{percentile, thousands, Runs};
@@ -49,8 +52,10 @@ pub struct LatencyRun {
     pub achieved_rate: f64,
     pub light_probes: usize,
     pub climate_probes: usize,
+    /// Light predictions received, and how many of them answered a light probe.
     pub predictions: usize,
-    /// publish → `smarthub/prediction/light`, when predictions came one per light probe.
+    pub answered_light: usize,
+    /// publish → `smarthub/prediction/light`.
     pub prediction: Option<Percentiles>,
     /// publish → `smarthub/climate/state`.
     pub state: Option<Percentiles>,
@@ -78,8 +83,15 @@ impl LatencyResult {
     }
 }
 
-/// What the subscriber saw: (when, topic is the prediction, humidity of a climate state).
-type Seen = Arc<Mutex<Vec<(Instant, bool, Option<f64>)>>>;
+/// What the subscriber saw: when, and the probe number it answers (light: from the prediction's
+/// `inputs.light_intensity`; climate: from the state's humidity).
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Prediction(Option<usize>),
+    State(Option<usize>),
+}
+
+type Seen = Arc<Mutex<Vec<(Instant, Answer)>>>;
 
 async fn watch(mqtt: std::net::SocketAddr) -> anyhow::Result<(Seen, tokio::task::JoinHandle<()>)> {
     let mut c = Conn::connect(mqtt, "bench-latency-watch", 60).await?;
@@ -92,13 +104,22 @@ async fn watch(mqtt: std::net::SocketAddr) -> anyhow::Result<(Seen, tokio::task:
             .run(
                 Some(wr),
                 |t, m| {
-                    let is_prediction = m.topic == PREDICTION_TOPIC.as_bytes();
-                    let humidity = (m.topic == STATE_TOPIC.as_bytes())
-                        .then(|| serde_json::from_slice::<serde_json::Value>(m.payload).ok())
-                        .flatten()
-                        .and_then(|v| v["humidity"].as_f64());
+                    let value = serde_json::from_slice::<serde_json::Value>(m.payload).ok();
+                    let answer = if m.topic == PREDICTION_TOPIC.as_bytes() {
+                        Answer::Prediction(
+                            value
+                                .and_then(|v| v["inputs"]["light_intensity"].as_f64())
+                                .and_then(|lux| probe_index(lux, LIGHT_BASE)),
+                        )
+                    } else {
+                        Answer::State(
+                            value
+                                .and_then(|v| v["humidity"].as_f64())
+                                .and_then(|h| probe_index(h, HUMIDITY_BASE)),
+                        )
+                    };
                     if let Ok(mut s) = s.lock() {
-                        s.push((t, is_prediction, humidity));
+                        s.push((t, answer));
                     }
                 },
                 |_| {},
@@ -111,27 +132,43 @@ async fn watch(mqtt: std::net::SocketAddr) -> anyhow::Result<(Seen, tokio::task:
     Ok((seen, task))
 }
 
-const LIGHT_PROBE: &[u8] =
-    br#"{"temperature": 21.5, "motion": true, "light_intensity": 12.0, "active": true}"#;
+/// Probe k carries `BASE + (k mod 8000) / 100` in a field the answer echoes: unique within a run.
+const LIGHT_BASE: f64 = 100.0;
+const HUMIDITY_BASE: f64 = 10.0;
 
-fn climate_probe(k: usize) -> (Vec<u8>, f64) {
-    let humidity = 10.0 + (k % 8000) as f64 / 100.0;
-    let payload = serde_json::json!({
+fn probe_value(base: f64, k: usize) -> f64 {
+    base + (k % 8000) as f64 / 100.0
+}
+
+fn probe_index(value: f64, base: f64) -> Option<usize> {
+    let k = ((value - base) * 100.0).round();
+    (0.0..8000.0).contains(&k).then_some(k as usize)
+}
+
+fn light_probe(k: usize) -> Vec<u8> {
+    serde_json::json!({
+        "temperature": 21.5,
+        "motion": true,
+        "light_intensity": probe_value(LIGHT_BASE, k),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn climate_probe(k: usize) -> Vec<u8> {
+    serde_json::json!({
         "temperature": 22.5,
-        "humidity": humidity,
+        "humidity": probe_value(HUMIDITY_BASE, k),
         "motion": false,
         "fan_level": 1,
-    });
-    (payload.to_string().into_bytes(), humidity)
+    })
+    .to_string()
+    .into_bytes()
 }
 
-fn probe_index(humidity: f64) -> usize {
-    ((humidity - 10.0) * 100.0).round().max(0.0) as usize
-}
-
-/// Loads history, restarts the hub so that a model can be trained from it, and finds out whether
-/// predictions come.
-async fn prepare(programs: &Programs) -> anyhow::Result<(Running, bool, String)> {
+/// A fresh hub with 7 days of simulated history and, if the build can learn, trained models: whether
+/// predictions come, and what was found, in words.
+pub async fn trained_hub(programs: &Programs) -> anyhow::Result<(Running, bool, String)> {
     let running = programs.start(super::procs::Target::Smarthub).await?;
     let mut options = SimOptions::new("127.0.0.1", running.mqtt.port());
     options.nodes = 3;
@@ -145,10 +182,22 @@ async fn prepare(programs: &Programs) -> anyhow::Result<(Running, bool, String)>
     )
     .await
     .context("publishing history with the simulator")?;
-    let dir = running.dir.clone();
-    let mut old = running;
-    old.proc.stop(Duration::from_secs(10));
-    let running = programs.restart_hub(dir).await?;
+    let http = running.http.context("hub without HTTP")?;
+    let mut client = HttpConn::connect(http).await?;
+    let train = client.post("/api/v1/train").await?;
+    let mut model = false;
+    let mut status = 0;
+    if train.status / 100 == 2 {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while Instant::now() < deadline {
+            status = client.get("/prediction_light/").await?.status;
+            if status == 200 {
+                model = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 
     let (seen, task) = watch(running.mqtt).await?;
     let mut probe = Conn::connect(running.mqtt, "bench-latency-check", 60).await?;
@@ -156,23 +205,29 @@ async fn prepare(programs: &Programs) -> anyhow::Result<(Running, bool, String)>
     let mut available = false;
     while Instant::now() < deadline && !available {
         probe
-            .publish_one("smarthub/nodes/bench-probe-light/light", LIGHT_PROBE, 1)
+            .publish_one("smarthub/nodes/bench-probe-light/light", &light_probe(0), 1)
             .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         available = seen
             .lock()
-            .map(|s| s.iter().any(|(_, p, _)| *p))
+            .map(|s| s.iter().any(|(_, a)| matches!(a, Answer::Prediction(_))))
             .unwrap_or(false);
     }
     task.abort();
-    let note = if available {
-        format!("predictions arrive on {PREDICTION_TOPIC} after {history} back-dated readings and a restart")
-    } else {
-        format!(
-            "no prediction arrived on {PREDICTION_TOPIC} within 5 s of a light reading, after {history} back-dated readings \
-             (7 days × 3 nodes) and a restart: this build has no trained model (learning is not merged). \
-             Publish → prediction is N/A; publish → climate state is measured instead"
-        )
+    let how = format!(
+        "{history} back-dated readings (7 days × 3 simulated nodes), then `POST /api/v1/train` (HTTP {})",
+        train.status
+    );
+    let note = match (model, available) {
+        (_, true) => format!("Predictions arrive on {PREDICTION_TOPIC} after {how}"),
+        (true, false) => format!(
+            "After {how}, `/prediction_light/` answers 200 but no prediction arrived on {PREDICTION_TOPIC} within 5 s \
+             of a light reading: publish → prediction is N/A; publish → climate state is measured instead"
+        ),
+        (false, false) => format!(
+            "After {how}, `/prediction_light/` still answers {status} (no trained model) and no prediction arrived on \
+             {PREDICTION_TOPIC}: publish → prediction is N/A; publish → climate state is measured instead"
+        ),
     };
     Ok((running, available, note))
 }
@@ -181,7 +236,7 @@ async fn one(
     running: &Running,
     rate: f64,
     secs: u64,
-    predictions: bool,
+    predictions_expected: bool,
 ) -> anyhow::Result<LatencyRun> {
     let (seen, watch_task) = watch(running.mqtt).await?;
     let probe_rate = (rate / 10.0).min(200.0);
@@ -230,16 +285,17 @@ async fn one(
         buf.clear();
         pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
         if probes % 2 == 0 {
+            let payload = light_probe(light_sent.len());
             put_publish(
                 &mut buf,
                 b"smarthub/nodes/bench-probe-light/light",
-                LIGHT_PROBE,
+                &payload,
                 1,
                 pkid,
             );
             light_sent.push(Instant::now());
         } else {
-            let (payload, _) = climate_probe(climate_sent.len());
+            let payload = climate_probe(climate_sent.len());
             put_publish(
                 &mut buf,
                 b"smarthub/nodes/bench-probe-climate/climate",
@@ -264,51 +320,58 @@ async fn one(
     watch_task.abort();
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
 
-    let mut state_ms = Vec::new();
-    let mut answered = vec![false; climate_sent.len()];
-    for (at, _, humidity) in &seen {
-        if let Some(h) = humidity {
-            let k = probe_index(*h);
-            if let Some(sent_at) = climate_sent.get(k) {
-                if !answered[k] && *at >= *sent_at {
-                    answered[k] = true;
-                    state_ms.push((*at - *sent_at).as_secs_f64() * 1e3);
+    // Each probe's first answer, paired by the number it carries.
+    let pair = |sent: &[Instant], answers: &mut dyn Iterator<Item = (Instant, Option<usize>)>| {
+        let mut answered = vec![false; sent.len()];
+        let mut ms = Vec::new();
+        let mut count = 0;
+        for (at, k) in answers {
+            count += 1;
+            if let Some(k) = k {
+                if let Some(sent_at) = sent.get(k) {
+                    if !answered[k] && at >= *sent_at {
+                        answered[k] = true;
+                        ms.push((at - *sent_at).as_secs_f64() * 1e3);
+                    }
                 }
             }
         }
-    }
-    let prediction_times: Vec<Instant> = seen
-        .iter()
-        .filter(|(_, p, _)| *p)
-        .map(|(t, _, _)| *t)
-        .collect();
-    // Predictions carry no id: pair them with light probes in order, and only when there is exactly
-    // one per probe (anything else would pair the wrong messages).
-    let prediction = if predictions && prediction_times.len() == light_sent.len() {
-        summarise(
-            prediction_times
-                .iter()
-                .zip(&light_sent)
-                .map(|(r, s)| r.saturating_duration_since(*s).as_secs_f64() * 1e3)
-                .collect(),
-        )
-    } else {
-        None
+        (ms, count)
     };
+    let (state_ms, _) = pair(
+        &climate_sent,
+        &mut seen.iter().filter_map(|(t, a)| match a {
+            Answer::State(k) => Some((*t, *k)),
+            _ => None,
+        }),
+    );
+    let (prediction_ms, predictions) = pair(
+        &light_sent,
+        &mut seen.iter().filter_map(|(t, a)| match a {
+            Answer::Prediction(k) => Some((*t, *k)),
+            _ => None,
+        }),
+    );
+    let answered_light = prediction_ms.len();
     Ok(LatencyRun {
         target_rate: rate,
         achieved_rate,
         light_probes: light_sent.len(),
         climate_probes: climate_sent.len(),
-        predictions: prediction_times.len(),
-        prediction,
+        predictions,
+        answered_light,
+        prediction: if predictions_expected {
+            summarise(prediction_ms)
+        } else {
+            None
+        },
         state: summarise(state_ms),
         cpu,
     })
 }
 
 pub async fn run(programs: &Programs, runs: usize, secs: u64) -> anyhow::Result<LatencyResult> {
-    let (mut running, available, note) = prepare(programs).await?;
+    let (mut running, available, note) = trained_hub(programs).await?;
     eprintln!("latency: {note}");
     let mut out = Vec::new();
     for rate in [1_000.0, 10_000.0] {
@@ -328,7 +391,7 @@ pub async fn run(programs: &Programs, runs: usize, secs: u64) -> anyhow::Result<
                 rep + 1,
                 thousands(r.achieved_rate),
                 show(&r.prediction),
-                r.predictions,
+                r.answered_light,
                 r.light_probes,
                 show(&r.state),
                 r.cpu.generator,
@@ -351,14 +414,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn climate_probes_are_told_apart_by_humidity() {
+    fn probes_are_told_apart_by_the_value_they_carry() {
         for k in [0, 1, 57, 1999, 7999] {
-            let (payload, h) = climate_probe(k);
+            let payload = climate_probe(k);
             let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-            assert_eq!(v["humidity"].as_f64(), Some(h));
-            assert_eq!(probe_index(h), k);
+            assert_eq!(
+                probe_index(v["humidity"].as_f64().unwrap(), HUMIDITY_BASE),
+                Some(k)
+            );
             smarthub::readings::parse_reading(smarthub::readings::ReadingKind::Climate, &payload)
                 .unwrap();
+            let payload = light_probe(k);
+            let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            assert_eq!(
+                probe_index(v["light_intensity"].as_f64().unwrap(), LIGHT_BASE),
+                Some(k)
+            );
+            smarthub::readings::parse_reading(smarthub::readings::ReadingKind::Light, &payload)
+                .unwrap();
         }
+        assert_eq!(probe_index(9.0, HUMIDITY_BASE), None);
     }
 }

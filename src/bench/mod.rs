@@ -65,6 +65,13 @@ pub struct BenchArgs {
     /// Publishing clients in the ingest section.
     #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
     pub publishers: Vec<usize>,
+    /// Brokers to measure (comma-separated); the hub is the one the goals are about.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "smarthub,rumqttd,mosquitto"
+    )]
+    pub targets: Vec<Target>,
     /// Sections to run (comma-separated).
     #[arg(
         long,
@@ -72,6 +79,11 @@ pub struct BenchArgs {
         default_value = "ingest,latency,connections,rest"
     )]
     pub only: Vec<Section>,
+    /// Run the hub under this command, e.g. "perf record -g -o target/bench/perf.data --" or
+    /// "valgrind --tool=callgrind --callgrind-out-file=target/bench/callgrind.out" (split at spaces).
+    /// Figures taken this way measure the profiler too.
+    #[arg(long, value_name = "CMD")]
+    pub hub_wrapper: Option<String>,
     /// Where the report (hub-performance.md), raw results (results.json) and scratch files go.
     #[arg(long, value_name = "DIR", default_value = "target/bench")]
     pub out: PathBuf,
@@ -208,16 +220,25 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         ),
         None => Some(default_rumqttd(Path::new("."))).filter(|p| p.is_file()),
     };
-    let mosquitto = find_mosquitto(args.mosquitto.clone());
+    // The processes run in their own scratch directories: relative paths would not resolve there.
+    let rumqttd = rumqttd.map(|p| p.canonicalize().unwrap_or(p));
+    let mosquitto = find_mosquitto(args.mosquitto.clone()).map(|p| p.canonicalize().unwrap_or(p));
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let scratch = Scratch(args.out.join(format!("scratch-{}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0)?;
+    let scratch_dir = args.out.join(format!("scratch-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch_dir)?;
+    let scratch = Scratch(scratch_dir.canonicalize()?);
     let programs = Programs {
         smarthub: std::env::current_exe().context("cannot find the smarthub binary")?,
         rumqttd: rumqttd.clone(),
         mosquitto: mosquitto.clone(),
         scratch: scratch.0.clone(),
+        hub_wrapper: args
+            .hub_wrapper
+            .as_deref()
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        only: args.targets.clone(),
     };
     let machine = Machine {
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -330,6 +351,18 @@ fn pct(v: f64) -> String {
     format!("{:.0} %", v * 100.0)
 }
 
+/// One CPU figure over every run of every section.
+fn all_cpu(r: &Report, pick: impl Fn(&procs::CpuUse) -> f64) -> Runs {
+    let mut x = Runs::default();
+    let runs = r.ingest.iter().flat_map(|c| c.runs.iter().map(|x| x.cpu));
+    let latency = r.latency.iter().flat_map(|l| l.runs.iter().map(|x| x.cpu));
+    let rest = r.rest.iter().flat_map(|c| c.runs.iter().map(|x| x.cpu));
+    for c in runs.chain(latency).chain(rest) {
+        x.push(pick(&c));
+    }
+    x
+}
+
 fn render(r: &Report, elapsed_s: u64) -> String {
     let m = &r.machine;
     let mut o = String::new();
@@ -354,8 +387,13 @@ fn render(r: &Report, elapsed_s: u64) -> String {
         o,
         "\nEvery figure is the median of {} runs with the spread (min–max) in parentheses. \"Load generator\" is the \
          CPU of the bench process (publishers, subscriber, HTTP clients), \"others\" the CPU every other process on the \
-         machine used meanwhile (cores = CPU-seconds per second; the machine has {}).",
-        r.runs, m.cores
+         machine used meanwhile (cores = CPU-seconds per second; the machine has {}). Over all runs, other processes used \
+         a median of {} cores, kernel interrupt work (loopback networking) {} and the hypervisor's steal {}.",
+        r.runs,
+        m.cores,
+        all_cpu(r, |c| c.others).show(cores),
+        all_cpu(r, |c| c.irq).show(cores),
+        all_cpu(r, |c| c.steal).show(cores),
     );
 
     // Ingest
@@ -365,9 +403,10 @@ fn render(r: &Report, elapsed_s: u64) -> String {
             "\n### Ingest\n\nReadings per second: smarthub counts rows committed to SQLite (publish → row committed); rumqttd \
              and mosquitto count messages delivered to one subscriber (QoS of the test). Each run publishes for {} s as fast \
              as flow control allows (QoS 1: {} in flight per client) from simulated-household payloads (three nodes, one of \
-             each kind, per client), then waits for everything accepted to arrive.\n",
+             each kind, per client), then waits up to {} s for what was accepted to arrive.\n",
             r.secs,
-            ingest::WINDOW
+            ingest::WINDOW,
+            ingest::DRAIN.as_secs()
         );
         let _ = writeln!(
             o,
@@ -435,13 +474,62 @@ fn render(r: &Report, elapsed_s: u64) -> String {
         }
     }
 
+    let hub_cells: Vec<&ingest::IngestCell> = r
+        .ingest
+        .iter()
+        .filter(|c| c.target == Target::Smarthub)
+        .collect();
+    if !hub_cells.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nWhere the hub's CPU went (median cores per thread over the run: `mqtt` = rumqttd's connection tasks, \
+             `router-0` = rumqttd's router, `mqtt-drain` = our link reader, `engine`, `sqlite-writer`; threads under 0.01 \
+             left out).\n\n| QoS | clients | threads |\n|---|---|---|"
+        );
+        for cell in hub_cells {
+            let mut names: Vec<String> = cell
+                .runs
+                .iter()
+                .flat_map(|r| r.hub_threads.iter().map(|(n, _)| n.clone()))
+                .collect();
+            names.sort();
+            names.dedup();
+            let mut rows: Vec<(String, f64)> = names
+                .into_iter()
+                .filter_map(|name| {
+                    let mut x = Runs::default();
+                    for run in &cell.runs {
+                        x.push(
+                            run.hub_threads
+                                .iter()
+                                .find(|(n, _)| *n == name)
+                                .map_or(0.0, |(_, c)| *c),
+                        );
+                    }
+                    x.median().filter(|m| *m >= 0.01).map(|m| (name, m))
+                })
+                .collect();
+            rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let text: Vec<String> = rows.iter().map(|(n, c)| format!("{n} {c:.2}")).collect();
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} |",
+                cell.qos,
+                cell.clients,
+                text.join(", ")
+            );
+        }
+    }
+
     // Latency
     if let Some(l) = &r.latency {
         let _ = writeln!(
             o,
-            "\n### Latency\n\n{} s per run; background load is TV readings from 4 paced QoS 1 clients, probes are light \
-             readings (→ `smarthub/prediction/light`) and climate readings (→ `smarthub/climate/state`, paired by a unique \
-             humidity), {}/s or 10 % of the load, whichever is less. {}.\n",
+            "\n### Latency\n\n{} s per run; background load is TV readings from 4 paced QoS 1 clients; probes (QoS 1), \
+             {}/s or 10 % of the load, whichever is less, alternate light readings (answered on \
+             `smarthub/prediction/light`, paired by a light intensity unique to each probe that the prediction echoes in \
+             its `inputs`) and climate readings (answered on the retained `smarthub/climate/state`, paired by a unique \
+             humidity). The hub first gets 7 days of simulated history and `POST /api/v1/train`. {}.\n",
             r.latency_secs,
             200,
             l.prediction_note
@@ -518,8 +606,8 @@ fn render(r: &Report, elapsed_s: u64) -> String {
     if !r.rest.is_empty() {
         let _ = writeln!(
             o,
-            "\n### REST\n\n{} concurrent keep-alive HTTP/1.1 clients (the bench's own client), {} s per run, against a fresh \
-             hub. Statuses are shown as received.\n",
+            "\n### REST\n\n{} concurrent keep-alive HTTP/1.1 clients (the bench's own client), {} s per run, against a hub \
+             with 7 days of simulated history and trained models. Statuses are shown as received.\n",
             rest::CONCURRENCY,
             r.secs
         );

@@ -2,6 +2,7 @@
 //! what Linux tells about them: resident memory and CPU time from `/proc`. Every process is killed
 //! when its handle drops, so an interrupted run leaves nothing behind.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,6 +64,22 @@ impl Proc {
         cpu_s(&format!("/proc/{}/stat", self.pid()))
     }
 
+    /// CPU seconds used so far by each thread name (threads of one name summed: "mqtt", "engine", ...).
+    pub fn threads_cpu_s(&self) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return out;
+        };
+        for task in dir.flatten() {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if let Some(cpu) = cpu_s(&path.join("stat").to_string_lossy()) {
+                *out.entry(name.trim().to_owned()).or_default() += cpu;
+            }
+        }
+        out
+    }
+
     /// Fails when the process has exited (with its status).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
@@ -111,24 +128,37 @@ pub fn self_cpu_s() -> f64 {
     cpu_s("/proc/self/stat").unwrap_or(0.0)
 }
 
-/// Whole-machine CPU time so far: (busy seconds, total seconds), summed over all cores.
-pub fn machine_cpu_s() -> (f64, f64) {
+/// Whole-machine CPU time so far, summed over all cores, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    /// user + nice + system: processes (ours and everyone else's).
+    pub processes: f64,
+    /// irq + softirq: the kernel's interrupt work, loopback networking included.
+    pub irq: f64,
+    /// Time the hypervisor gave to other virtual machines.
+    pub steal: f64,
+}
+
+pub fn machine_cpu_s() -> MachineCpu {
     let Ok(text) = std::fs::read_to_string("/proc/stat") else {
-        return (0.0, 0.0);
+        return MachineCpu::default();
     };
     let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
-        return (0.0, 0.0);
+        return MachineCpu::default();
     };
     let v: Vec<f64> = line
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    let total: f64 = v.iter().take(8).sum();
-    // idle + iowait
-    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    let f = |i: usize| v.get(i).copied().unwrap_or(0.0);
     let hz = clock_ticks();
-    ((total - idle) / hz, total / hz)
+    // Fields: user nice system idle iowait irq softirq steal.
+    MachineCpu {
+        processes: (f(0) + f(1) + f(2)) / hz,
+        irq: (f(5) + f(6)) / hz,
+        steal: f(7) / hz,
+    }
 }
 
 /// CPU use over a window: the load generator, the process under test, and everything else.
@@ -138,8 +168,12 @@ pub struct CpuUse {
     pub generator: f64,
     /// Cores the process under test used.
     pub target: f64,
-    /// Cores every other process on the machine used (the other engineers' builds).
+    /// Cores every other process on the machine used (the other engineers' builds and tests).
     pub others: f64,
+    /// Cores of kernel interrupt work (irq + softirq, mostly loopback networking here).
+    pub irq: f64,
+    /// Cores the hypervisor took away (steal).
+    pub steal: f64,
 }
 
 /// A snapshot to measure [`CpuUse`] from.
@@ -147,7 +181,7 @@ pub struct CpuMark {
     at: Instant,
     me: f64,
     target: f64,
-    machine: f64,
+    machine: MachineCpu,
 }
 
 impl CpuMark {
@@ -156,7 +190,7 @@ impl CpuMark {
             at: Instant::now(),
             me: self_cpu_s(),
             target: target.and_then(Proc::cpu_s).unwrap_or(0.0),
-            machine: machine_cpu_s().0,
+            machine: machine_cpu_s(),
         }
     }
 
@@ -165,18 +199,21 @@ impl CpuMark {
         let wall = (later.at - self.at).as_secs_f64().max(1e-3);
         let generator = (later.me - self.me) / wall;
         let target = (later.target - self.target) / wall;
-        let machine = (later.machine - self.machine) / wall;
+        let processes = (later.machine.processes - self.machine.processes) / wall;
         CpuUse {
             generator,
             target,
-            others: (machine - generator - target).max(0.0),
+            others: (processes - generator - target).max(0.0),
+            irq: (later.machine.irq - self.machine.irq) / wall,
+            steal: (later.machine.steal - self.machine.steal) / wall,
         }
     }
 }
 
 /// Waits until an MQTT CONNECT to `addr` is answered.
 pub async fn wait_mqtt(addr: SocketAddr, proc: &mut Proc) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: a hub started under valgrind takes a while.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         proc.check_alive()?;
         if let Ok(Ok(conn)) = tokio::time::timeout(
@@ -189,14 +226,14 @@ pub async fn wait_mqtt(addr: SocketAddr, proc: &mut Proc) -> anyhow::Result<()> 
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{} did not accept MQTT on {addr} within 20 s", proc.name);
+            bail!("{} did not accept MQTT on {addr} within 60 s", proc.name);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Which broker a measurement ran against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     Smarthub,
@@ -222,6 +259,10 @@ pub struct Programs {
     pub mosquitto: Option<PathBuf>,
     /// Scratch space; every started process gets a directory below it.
     pub scratch: PathBuf,
+    /// A profiler to run the hub under (empty: none).
+    pub hub_wrapper: Vec<String>,
+    /// The brokers to measure (`--targets`).
+    pub only: Vec<Target>,
 }
 
 /// A started broker (or hub) and its addresses.
@@ -259,22 +300,26 @@ impl Programs {
     }
 
     pub fn available(&self, target: Target) -> bool {
-        match target {
-            Target::Smarthub => true,
-            Target::Rumqttd => self.rumqttd.is_some(),
-            Target::Mosquitto => self.mosquitto.is_some(),
-        }
+        self.only.contains(&target)
+            && match target {
+                Target::Smarthub => true,
+                Target::Rumqttd => self.rumqttd.is_some(),
+                Target::Mosquitto => self.mosquitto.is_some(),
+            }
+    }
+
+    /// The targets to measure, in the order runs take turns.
+    pub fn targets(&self) -> Vec<Target> {
+        [Target::Smarthub, Target::Rumqttd, Target::Mosquitto]
+            .into_iter()
+            .filter(|t| self.available(*t))
+            .collect()
     }
 
     /// Starts `target` on free loopback ports in a fresh directory and waits until it serves MQTT.
     pub async fn start(&self, target: Target) -> anyhow::Result<Running> {
         let dir = self.fresh_dir(target.name())?;
         self.start_in(target, dir).await
-    }
-
-    /// Starts the hub again on an existing data directory (to keep its database and models).
-    pub async fn restart_hub(&self, dir: PathBuf) -> anyhow::Result<Running> {
-        self.start_in(Target::Smarthub, dir).await
     }
 
     async fn start_in(&self, target: Target, dir: PathBuf) -> anyhow::Result<Running> {
@@ -285,7 +330,14 @@ impl Programs {
             Target::Smarthub => {
                 let http_addr = loopback(free_port()?);
                 http = Some(http_addr);
-                let mut c = Command::new(&self.smarthub);
+                let mut c = match self.hub_wrapper.split_first() {
+                    Some((wrapper, args)) => {
+                        let mut c = Command::new(wrapper);
+                        c.args(args).arg(&self.smarthub);
+                        c
+                    }
+                    None => Command::new(&self.smarthub),
+                };
                 // The hub as users get it: the built-in default config (no broker.toml in its working
                 // directory), only the listen addresses changed.
                 c.args(["run", "--data-dir"])

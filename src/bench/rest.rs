@@ -1,6 +1,7 @@
 //! REST: requests per second and latency for the legacy app's hot routes, 64 concurrent keep-alive
-//! clients. The status codes are reported as they came: a route that is not there yet shows 404, and
-//! its figures then measure the router's fallback, not the route.
+//! clients, against a hub with 7 days of simulated history and trained models (as for latency). The
+//! status codes are reported as they came: a route that is not there shows 404, one without a model
+//! 503, and the figures then measure that answer, not the route's work.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::http::HttpConn;
-use super::procs::{CpuMark, CpuUse, Programs, Target};
+use super::procs::{CpuMark, CpuUse, Programs};
 use super::stats::{percentile, thousands, Runs};
 
 pub const ROUTES: [&str; 2] = ["/get_light_state/", "/prediction_light/"];
@@ -128,7 +129,9 @@ async fn one(
 }
 
 pub async fn run(programs: &Programs, runs: usize, secs: u64) -> anyhow::Result<Vec<RestCell>> {
-    let mut running = programs.start(Target::Smarthub).await?;
+    // A hub with history and trained models, so that `/prediction_light/` has a model to answer from.
+    let (mut running, _, note) = super::latency::trained_hub(programs).await?;
+    eprintln!("rest: {note}");
     let addr = running
         .http
         .ok_or_else(|| anyhow::anyhow!("hub without HTTP"))?;

@@ -1,43 +1,94 @@
-//! The simulator against an in-process hub: readings of every kind arrive, back-dated history is stored as
-//! such with its labels, every node says `online` then `offline`, and once trained on the simulated
-//! history the hub publishes predictions for every target.
+//! The simulator against an in-process hub: a day of back-dated history is stored as such with its
+//! labels, models train on it, then live readings of every kind are stored and answered with a
+//! prediction per target; every node says `online` then `offline`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use smarthub::learning::models::Spec;
+use smarthub::learning::{self, Target, TrainOptions};
 use smarthub::readings::ReadingKind;
-use smarthub::simulate::{self, SimOptions, SimStats};
+use smarthub::simulate::{self, SimOptions, SimStats, SimSummary};
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulated_household_is_ingested() {
-    let hub = TestHub::start().await;
+async fn simulate(hub: &TestHub, history_days: u32, live: Duration) -> SimSummary {
     let addr = hub.mqtt_addr();
-    // Whatever the hub publishes back (states now; predictions once learning is in) is collected here.
-    let mut watcher = hub.mqtt("sim-watcher").await;
-    watcher.subscribe("smarthub/#").await;
-
     let mut options = SimOptions::new(addr.ip().to_string(), addr.port());
     options.nodes = 6;
     options.interval = Duration::from_millis(50);
-    options.duration = Some(Duration::from_secs(2));
-    options.history_days = 1;
-    // A reading every 15 minutes: a learnable day, small enough to train on in a debug build.
-    options.history_step = Duration::from_secs(15 * 60);
+    options.duration = Some(live);
+    options.history_days = history_days;
     options.seed = 3;
     let history = options.history_total();
-    let stats = Arc::new(SimStats::default());
-    let summary = simulate::run(options, stats, std::future::pending())
-        .await
-        .expect("the simulator runs");
+    let summary = simulate::run(
+        options,
+        Arc::new(SimStats::default()),
+        std::future::pending(),
+    )
+    .await
+    .expect("the simulator runs");
     assert_eq!(summary.nodes, 6);
     assert_eq!(summary.history_sent, history);
-    assert!(summary.live_sent > 0);
     assert_eq!(summary.unacked, 0);
+    summary
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_household_is_ingested_and_predicted() {
+    let mut config = test_config();
+    config.learning.registry_poll_ms = 100;
+    let hub = TestHub::start_in(tempfile::tempdir().unwrap(), config).await;
+    let mut watcher = hub.mqtt("sim-watcher").await;
+    watcher.subscribe("smarthub/#").await;
+
+    // A day of history only, then models trained on it (quick candidates: debug builds fit slowly).
+    let history = simulate(&hub, 1, Duration::ZERO).await;
+    assert_eq!(history.live_sent, 0);
+    let path = hub.db_path();
+    eventually("the history stored", || {
+        ReadingKind::ALL
+            .iter()
+            .map(|k| count_in(&path, *k))
+            .sum::<u64>()
+            >= history.history_sent
+    })
+    .await;
+    let options = TrainOptions {
+        candidates: Some(vec![
+            Spec::Tree {
+                max_depth: 0,
+                min_samples_leaf: 1,
+            },
+            Spec::Logistic { alpha: 1.0 },
+        ]),
+        ..TrainOptions::default()
+    };
+    let (db, models) = (path.clone(), smarthub::models_dir(hub.dir.path()));
+    tokio::task::spawn_blocking(move || {
+        for target in Target::ALL {
+            learning::retrain(&db, &models, target, &options).expect("a model trains");
+        }
+    })
+    .await
+    .unwrap();
+    // The hub picks the models up from the registry.
+    for route in ["/prediction_light/", "/prediction_tv/", "/prediction_fan/"] {
+        let url = hub.url(route);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while reqwest::get(&url).await.unwrap().status() != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{route}: no model loaded"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let live = simulate(&hub, 0, Duration::from_secs(2)).await;
+    assert!(live.live_sent > 0);
     // Everything QoS 1 the broker acknowledged is committed once the hub drains.
-    let total = summary.history_sent + summary.live_sent;
+    let total = history.history_sent + live.live_sent;
     let path = hub.db_path();
     eventually("every simulated reading stored", || {
         ReadingKind::ALL
@@ -66,7 +117,7 @@ async fn simulated_household_is_ingested() {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .unwrap();
-        let per_node_history = history as i64 / 6;
+        let per_node_history = history.history_sent as i64 / 6;
         assert_eq!(
             backdated,
             2 * per_node_history,
@@ -107,38 +158,18 @@ async fn simulated_household_is_ingested() {
         .expect("status seen");
     assert_eq!(text(&online), "online");
 
-    // Live climate readings move the home's climate state.
+    // Live climate readings move the home's climate state, and every live reading is answered with a
+    // prediction for its target.
     let state = watcher.next_on("smarthub/climate/state").await;
     assert!(json(&state)["temperature"].as_f64().is_some());
-
-    // Train on the simulated history, then live readings bring a prediction for every target.
-    let learner = hub.hub().learner.clone();
-    learner.retrain_all().await;
-    let mut options = SimOptions::new(addr.ip().to_string(), addr.port());
-    options.nodes = 3;
-    options.interval = Duration::from_millis(100);
-    options.duration = Some(Duration::from_secs(2));
-    options.seed = 4;
-    simulate::run(
-        options,
-        Arc::new(SimStats::default()),
-        std::future::pending(),
-    )
-    .await
-    .expect("the simulator runs again");
     for target in ["light", "tv", "fan"] {
         let p = json(
             &watcher
                 .next_on(&format!("smarthub/prediction/{target}"))
                 .await,
         );
-        assert!(p["prediction"].is_i64(), "{target}: {p}");
-        assert!(
-            p["model_used"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(target)),
-            "{target}: {p}"
-        );
+        assert!(p["prediction"].as_i64().is_some(), "{p}");
+        assert!(p["model_used"].as_str().unwrap().starts_with(target), "{p}");
     }
     watcher.disconnect().await;
     let mut hub = hub;
