@@ -773,8 +773,8 @@ fn apply(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<Vec<(Readin
 }
 
 /// The INSERT statement of each reading table, prepared once per batch: taking it from rusqlite's
-/// statement cache for every row (hashing its SQL text, then putting it back) cost about a tenth of the
-/// hub's instructions per reading under callgrind.
+/// statement cache for every row (hashing its SQL text, then putting it back) cost 7 % of the hub's
+/// instructions per reading under callgrind (BENCHMARKS.md, "What bounds ingest").
 #[derive(Default)]
 struct ReadingInserts<'t> {
     light: Option<rusqlite::CachedStatement<'t>>,
