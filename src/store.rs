@@ -631,10 +631,11 @@ fn apply(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<Vec<(Readin
     let tx = conn.transaction()?;
     let mut stored = [0u64; 3];
     let mut nodes: HashMap<&str, NodeDelta> = HashMap::new();
+    let mut inserts = ReadingInserts::default();
     for op in ops {
         match op {
             WriteOp::Reading(r) => {
-                insert_reading(&tx, r)?;
+                inserts.insert(&tx, r)?;
                 stored[r.measurement.kind() as usize] += 1;
             }
             WriteOp::State {
@@ -761,6 +762,8 @@ fn apply(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<Vec<(Readin
             d.rejections
         ])?;
     }
+    // The statements borrow the transaction: back to rusqlite's cache before it commits.
+    drop(inserts);
     tx.commit()?;
     Ok(ReadingKind::ALL
         .into_iter()
@@ -769,101 +772,131 @@ fn apply(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<Vec<(Readin
         .collect())
 }
 
-fn insert_reading(tx: &rusqlite::Transaction, r: &Reading) -> rusqlite::Result<()> {
-    let label_source = r.label_source.map(|l| l.as_str());
-    let common = (
-        &r.node_id,
-        r.measured_ms,
-        r.received_ms,
-        r.time.time_of_day_s,
-        r.time.day_of_week,
-        r.time.month,
-        r.backdated,
-        r.source.as_str(),
-    );
-    let outside = r.outside.clone().unwrap_or_default();
-    match &r.measurement {
-        Measurement::Light {
-            temperature,
-            motion,
-            light_intensity,
-            active,
-        } => {
-            tx.prepare_cached(
-                "INSERT INTO light_readings (node_id, measured_ms, received_ms, time_of_day_s, day_of_week, month,
-                 backdated, source, temperature, motion, light_intensity, active, label_source, weather)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?
-            .execute(params![
-                common.0,
-                common.1,
-                common.2,
-                common.3,
-                common.4,
-                common.5,
-                common.6,
-                common.7,
+/// The INSERT statement of each reading table, prepared once per batch: taking it from rusqlite's
+/// statement cache for every row (hashing its SQL text, then putting it back) cost 7 % of the hub's
+/// instructions per reading under callgrind (BENCHMARKS.md, "What bounds ingest").
+#[derive(Default)]
+struct ReadingInserts<'t> {
+    light: Option<rusqlite::CachedStatement<'t>>,
+    tv: Option<rusqlite::CachedStatement<'t>>,
+    climate: Option<rusqlite::CachedStatement<'t>>,
+}
+
+/// The statement in `slot`, prepared on first use.
+fn prepared<'s, 't>(
+    slot: &'s mut Option<rusqlite::CachedStatement<'t>>,
+    tx: &'t rusqlite::Transaction,
+    sql: &str,
+) -> rusqlite::Result<&'s mut rusqlite::CachedStatement<'t>> {
+    match slot {
+        Some(stmt) => Ok(stmt),
+        None => Ok(slot.insert(tx.prepare_cached(sql)?)),
+    }
+}
+
+impl<'t> ReadingInserts<'t> {
+    fn insert(&mut self, tx: &'t rusqlite::Transaction, r: &Reading) -> rusqlite::Result<()> {
+        let label_source = r.label_source.map(|l| l.as_str());
+        let common = (
+            &r.node_id,
+            r.measured_ms,
+            r.received_ms,
+            r.time.time_of_day_s,
+            r.time.day_of_week,
+            r.time.month,
+            r.backdated,
+            r.source.as_str(),
+        );
+        let outside = r.outside.as_ref();
+        match &r.measurement {
+            Measurement::Light {
                 temperature,
                 motion,
                 light_intensity,
                 active,
-                label_source,
-                outside.description
-            ])?;
-        }
-        Measurement::Tv { motion, channel } => {
-            tx.prepare_cached(
-                "INSERT INTO tv_readings (node_id, measured_ms, received_ms, time_of_day_s, day_of_week, month,
-                 backdated, source, motion, channel, label_source)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                common.0,
-                common.1,
-                common.2,
-                common.3,
-                common.4,
-                common.5,
-                common.6,
-                common.7,
-                motion,
-                channel,
-                label_source
-            ])?;
-        }
-        Measurement::Climate {
-            temperature,
-            humidity,
-            motion,
-            fan_level,
-        } => {
-            tx.prepare_cached(
-                "INSERT INTO climate_readings (node_id, measured_ms, received_ms, time_of_day_s, day_of_week, month,
-                 backdated, source, temperature, humidity, motion, fan_level, label_source,
-                 outside_temperature, outside_humidity, outside_luminosity)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )?
-            .execute(params![
-                common.0,
-                common.1,
-                common.2,
-                common.3,
-                common.4,
-                common.5,
-                common.6,
-                common.7,
+            } => {
+                prepared(
+                    &mut self.light,
+                    tx,
+                    "INSERT INTO light_readings (node_id, measured_ms, received_ms, time_of_day_s, day_of_week, month,
+                     backdated, source, temperature, motion, light_intensity, active, label_source, weather)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )?
+                .execute(params![
+                    common.0,
+                    common.1,
+                    common.2,
+                    common.3,
+                    common.4,
+                    common.5,
+                    common.6,
+                    common.7,
+                    temperature,
+                    motion,
+                    light_intensity,
+                    active,
+                    label_source,
+                    outside.and_then(|o| o.description.as_deref())
+                ])?;
+            }
+            Measurement::Tv { motion, channel } => {
+                prepared(
+                    &mut self.tv,
+                    tx,
+                    "INSERT INTO tv_readings (node_id, measured_ms, received_ms, time_of_day_s, day_of_week, month,
+                     backdated, source, motion, channel, label_source)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    common.0,
+                    common.1,
+                    common.2,
+                    common.3,
+                    common.4,
+                    common.5,
+                    common.6,
+                    common.7,
+                    motion,
+                    channel,
+                    label_source
+                ])?;
+            }
+            Measurement::Climate {
                 temperature,
                 humidity,
                 motion,
                 fan_level,
-                label_source,
-                outside.temperature,
-                outside.humidity,
-                outside.luminosity
-            ])?;
+            } => {
+                prepared(
+                    &mut self.climate,
+                    tx,
+                    "INSERT INTO climate_readings (node_id, measured_ms, received_ms, time_of_day_s, day_of_week, month,
+                     backdated, source, temperature, humidity, motion, fan_level, label_source,
+                     outside_temperature, outside_humidity, outside_luminosity)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                )?
+                .execute(params![
+                    common.0,
+                    common.1,
+                    common.2,
+                    common.3,
+                    common.4,
+                    common.5,
+                    common.6,
+                    common.7,
+                    temperature,
+                    humidity,
+                    motion,
+                    fan_level,
+                    label_source,
+                    outside.and_then(|o| o.temperature),
+                    outside.and_then(|o| o.humidity),
+                    outside.and_then(|o| o.luminosity)
+                ])?;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

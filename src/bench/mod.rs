@@ -437,8 +437,13 @@ fn render(r: &Report, elapsed_s: u64) -> String {
         }
         let _ = writeln!(
             o,
-            "\nDetails (medians): what arrived of what was sent, messages the hub's broker log dropped before the hub read \
-             them, CPU, and the peak RSS of the process under test.\n\n| QoS | clients | target | arrived / sent | hub lost | load generator (cores) | target (cores) | others (cores) | peak RSS (MB) |\n|---|---|---|---|---|---|---|---|---|"
+            "\nDetails (medians): what the broker accepted per second while the publishers ran (QoS 1: acknowledged; QoS 0: \
+             written to the socket), what arrived within the run of what was sent (a backlog still draining after {} s \
+             counts as not arrived), the acknowledged messages the hub's broker log dropped before the hub read them \
+             (`smarthub_messages_lost_total`), CPU, and the peak RSS of the process under test.\n\n| QoS | clients | target | \
+             accepted/s | arrived / sent | hub lost | load generator (cores) | target (cores) | others (cores) | peak RSS (MB) |\n\
+             |---|---|---|---|---|---|---|---|---|---|",
+            ingest::DRAIN.as_secs()
         );
         for cell in &r.ingest {
             let s = |f: &dyn Fn(&ingest::IngestRun) -> f64| {
@@ -452,10 +457,13 @@ fn render(r: &Report, elapsed_s: u64) -> String {
             let lost = s(&|x| x.hub_lost.unwrap_or(0) as f64);
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 cell.qos,
                 cell.clients,
                 cell.target.name(),
+                s(&|x| x.accepted_rate)
+                    .median()
+                    .map_or("n/a".into(), thousands),
                 arrived
                     .median()
                     .map_or("n/a".into(), |v| format!("{:.1} %", v * 100.0)),
