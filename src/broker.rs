@@ -1,9 +1,10 @@
 //! Hosts rumqttd's router and listeners on a runtime the hub owns, so that shutdown closes every
 //! connection and frees the ports (rumqttd's own `Broker::start` cannot be stopped).
 //!
-//! The engine's link is drained by a thread of its own into an unbounded queue: rumqttd acknowledges a
+//! The engine's link is drained by a thread of its own into the engine's queue: rumqttd acknowledges a
 //! QoS 1 publish once it is in its in-memory log and drops the oldest segment of a full log whoever has
-//! not read it, so the hub must read as fast as the router appends, whatever SQLite is doing.
+//! not read it, so the hub reads as fast as the router appends, whatever SQLite is doing, up to a
+//! bounded backlog (`[hub] ingest_backlog`); beyond it the log's overflow is counted as lost.
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -286,16 +287,27 @@ fn proto_name(p: u8) -> &'static str {
 
 /// Drains the engine's link on a thread of its own into `out`, answering rumqttd's flow control,
 /// and counts messages the broker's log dropped before we read them (gaps in the cursor).
+///
+/// At most `backlog` messages are in the hub at once (`metrics.ingest_backlog`: +1 here, -1 when the
+/// engine has refused or finished a message, or the writer has committed its reading). When it is full
+/// this thread stops reading the link until there is room: the router keeps appending to its log, and
+/// what overflows the log shows up as a counted gap. Without the bound a flood the engine or SQLite
+/// cannot keep up with grows the hub's memory without limit.
 pub fn spawn_drainer(
     mut rx: LinkRx,
     out: Sender<crate::engine::Input>,
     metrics: Arc<Metrics>,
+    backlog: u64,
 ) -> std::io::Result<()> {
+    let backlog = backlog.max(1);
     std::thread::Builder::new()
         .name("mqtt-drain".into())
         .spawn(move || {
             let mut last: Option<u64> = None;
             loop {
+                if !wait_for_room(&metrics, backlog) {
+                    return;
+                }
                 match rx.recv() {
                     Ok(Some(Notification::Forward(f))) => {
                         if let Some((_, offset)) = f.cursor {
@@ -312,6 +324,7 @@ pub fn spawn_drainer(
                             topic: f.publish.topic,
                             payload: f.publish.payload,
                         };
+                        metrics.ingest_backlog.fetch_add(1, Relaxed);
                         if out.send(crate::engine::Input::Mqtt(msg)).is_err() {
                             return;
                         }
@@ -327,6 +340,33 @@ pub fn spawn_drainer(
             }
         })
         .map(|_| ())
+}
+
+/// Waits while the ingest backlog is full; false when the engine stopped meanwhile.
+fn wait_for_room(metrics: &Metrics, backlog: u64) -> bool {
+    if metrics.ingest_backlog.load(Relaxed) < backlog {
+        return true;
+    }
+    let stalls = metrics.ingest_stalls.fetch_add(1, Relaxed) + 1;
+    // Logged on the 1st, 2nd, 4th, 8th... stall: a sustained flood must not flood the log too.
+    if stalls.is_power_of_two() {
+        tracing::warn!(
+            backlog,
+            stalls,
+            "the hub is {backlog} messages behind: it reads the broker again once the engine and the database catch up (smarthub_ingest_stalls_total)"
+        );
+    }
+    // Resume at 3/4 so that a full backlog does not toggle on every message.
+    let resume = backlog - backlog / 4;
+    let mut pause = Duration::from_micros(100);
+    while metrics.ingest_backlog.load(Relaxed) >= resume.max(1) {
+        if metrics.ingest_closed.load(Relaxed) {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+    !metrics.ingest_closed.load(Relaxed)
 }
 
 /// Whether something listens on `addr`'s port. Reads the socket table where it can: probing with a

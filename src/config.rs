@@ -84,6 +84,10 @@ pub struct HubSection {
     pub max_future_skew_s: u64,
     /// Refusal log lines allowed per minute. Default 20.
     pub rejection_log_per_minute: u32,
+    /// At most this many MQTT messages read from the broker and not yet committed. When the engine or
+    /// SQLite falls this far behind, the hub stops reading the broker: memory stays bounded, and what
+    /// overflows the broker's log is counted in `smarthub_messages_lost_total`. Default 50000.
+    pub ingest_backlog: u64,
 }
 
 impl Default for HubSection {
@@ -93,6 +97,7 @@ impl Default for HubSection {
             max_fan_level: 3,
             max_future_skew_s: 300,
             rejection_log_per_minute: 20,
+            ingest_backlog: 50_000,
         }
     }
 }
@@ -458,6 +463,9 @@ impl Config {
                 "hub.max_fan_level = {}: use 1..=10",
                 self.hub.max_fan_level
             ));
+        }
+        if self.hub.ingest_backlog == 0 {
+            problems.push("hub.ingest_backlog = 0: use at least 1 (default 50000)".into());
         }
         if self.storage.commit_max_rows == 0 {
             problems.push("storage.commit_max_rows = 0: use at least 1".into());

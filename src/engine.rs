@@ -26,6 +26,38 @@ use crate::readings::{
 use crate::store::{WriteOp, Writer};
 use crate::topics::{Route, Topics};
 
+/// What filling a reading's label and the climate check need of the home state.
+struct LabelState {
+    light: bool,
+    tv_channel: u32,
+    fan_level: u8,
+    temperature: f64,
+    humidity: f64,
+    auto: [bool; 3],
+}
+
+impl LabelState {
+    fn of(s: &HomeState) -> LabelState {
+        LabelState {
+            light: s.light,
+            tv_channel: s.tv_channel,
+            fan_level: s.fan_level,
+            temperature: s.temperature,
+            humidity: s.humidity,
+            auto: [Thing::Light, Thing::Tv, Thing::Fan].map(|t| s.is_auto(t)),
+        }
+    }
+
+    fn is_auto(&self, thing: Thing) -> bool {
+        match thing {
+            Thing::Light => self.auto[0],
+            Thing::Tv => self.auto[1],
+            Thing::Fan => self.auto[2],
+            _ => false,
+        }
+    }
+}
+
 /// Something for the engine to do.
 pub enum Input {
     /// A message the broker forwarded under the base topic.
@@ -72,7 +104,7 @@ pub enum Event {
         origin: Origin,
     },
     Reading {
-        reading: Box<Reading>,
+        reading: Arc<Reading>,
     },
     /// A node was forgotten (`DELETE /api/v1/nodes/<id>`).
     NodeForgotten {
@@ -341,7 +373,12 @@ impl Engine {
     fn run(mut self, rx: Receiver<Input>) {
         while let Ok(input) = rx.recv() {
             match input {
-                Input::Mqtt(msg) => self.on_mqtt(msg),
+                Input::Mqtt(msg) => {
+                    // An accepted reading stays in the ingest backlog until the writer commits it.
+                    if !self.on_mqtt(msg) {
+                        self.metrics.ingest_done(1);
+                    }
+                }
                 Input::Command {
                     command,
                     origin,
@@ -402,6 +439,7 @@ impl Engine {
                 Input::Stop => break,
             }
         }
+        self.metrics.ingest_closed.store(true, Relaxed);
     }
 
     /// Tells live listeners about a prediction or suggestion published for another component.
@@ -430,10 +468,11 @@ impl Engine {
         }
     }
 
-    fn on_mqtt(&mut self, msg: Inbound) {
+    /// Handles one message from the broker; true when it became a reading queued for the writer.
+    fn on_mqtt(&mut self, msg: Inbound) -> bool {
         self.metrics.messages_received.fetch_add(1, Relaxed);
         let Ok(topic) = std::str::from_utf8(&msg.topic) else {
-            return;
+            return false;
         };
         match self.topics.route(topic) {
             Route::Foreign => {}
@@ -446,8 +485,9 @@ impl Engine {
             Route::Reading { node_id, kind } => {
                 let result = parse_reading(kind, &msg.payload)
                     .and_then(|parsed| self.accept_reading(&node_id, parsed, Source::Mqtt));
-                if let Err(rej) = result {
-                    self.refuse(topic, Some(&node_id), &rej);
+                match result {
+                    Ok(()) => return true,
+                    Err(rej) => self.refuse(topic, Some(&node_id), &rej),
                 }
             }
             // An empty retained payload clears a node's status: nothing to record.
@@ -466,7 +506,7 @@ impl Engine {
             Route::Command(thing) => {
                 // Our own clearing of a retained command comes back empty: not a command.
                 if msg.payload.is_empty() {
-                    return;
+                    return false;
                 }
                 // A retained command must run once only: clear it (rumqttd does not tell us whether
                 // it was retained, so clear every time; it costs one small publish).
@@ -501,6 +541,7 @@ impl Engine {
                 ),
             ),
         }
+        false
     }
 
     /// Counts, reports on the error topic and (rate-limited) logs a refused message.
@@ -541,7 +582,11 @@ impl Engine {
         let mut reading = parsed.stamp(node_id, received, self.hub.max_future_skew_s, source)?;
         let kind = reading.measurement.kind();
         if !reading.backdated {
-            let state = self.state.read().map(|s| s.clone()).unwrap_or_default();
+            // Only the labels and the climate are needed: no clone of the whole state per reading.
+            let state = match self.state.read() {
+                Ok(s) => LabelState::of(&s),
+                Err(_) => LabelState::of(&HomeState::default()),
+            };
             let filled = |thing: Thing| {
                 Some(if state.is_auto(thing) {
                     LabelSource::Auto
@@ -570,10 +615,15 @@ impl Engine {
                 ..
             } = reading.measurement
             {
-                let mut next = state.clone();
-                next.temperature = temperature;
-                next.humidity = humidity;
-                self.commit_state(next, Thing::Climate, Origin::Node);
+                // The same climate again is not news (commit_state would find the same payload).
+                if temperature.to_bits() != state.temperature.to_bits()
+                    || humidity.to_bits() != state.humidity.to_bits()
+                {
+                    let mut next = self.state.read().map(|s| s.clone()).unwrap_or_default();
+                    next.temperature = temperature;
+                    next.humidity = humidity;
+                    self.commit_state(next, Thing::Climate, Origin::Node);
+                }
             }
         }
         self.writer.send(WriteOp::NodeSeen {
@@ -582,12 +632,14 @@ impl Engine {
             kind: Some(kind),
             rejected: false,
         });
+        // Shared by the writer and every listener: no copy per listener.
+        let reading = Arc::new(reading);
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(Event::Reading {
-                reading: Box::new(reading.clone()),
+                reading: reading.clone(),
             });
         }
-        self.writer.send(WriteOp::Reading(Box::new(reading)));
+        self.writer.send(WriteOp::Reading(reading));
         Ok(())
     }
 
@@ -667,9 +719,9 @@ impl Engine {
     /// Makes `next` the state of `thing`: stores it, publishes it retained, tells listeners.
     fn commit_state(&mut self, mut next: HomeState, thing: Thing, origin: Origin) {
         let payload = next.payload(thing);
-        let previous = {
-            let current = self.state.read().map(|s| s.clone()).unwrap_or_default();
-            current.payload(thing)
+        let previous = match self.state.read() {
+            Ok(current) => current.payload(thing),
+            Err(_) => HomeState::default().payload(thing),
         };
         let changed = payload != previous;
         // A node re-reporting the same climate is not news; a command is echoed even when it

@@ -177,21 +177,41 @@ impl Default for HomeState {
     }
 }
 
+#[derive(Serialize)]
+struct TvPayload<'a> {
+    channel: u32,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct ClimatePayload {
+    humidity: f64,
+    temperature: f64,
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    // Serialising plain numbers and strings into a String cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
 impl HomeState {
     /// The retained MQTT payload of a thing's state topic (also what the database keeps).
     pub fn payload(&self, thing: Thing) -> String {
         match thing {
             Thing::Light => if self.light { "ON" } else { "OFF" }.into(),
             Thing::Door => if self.door_open { "OPEN" } else { "CLOSED" }.into(),
-            Thing::Tv => {
-                serde_json::json!({"channel": self.tv_channel, "name": self.tv_name}).to_string()
-            }
+            // Typed rather than `json!`: the same bytes (keys in the order `json!`'s sorted map gives
+            // them) without building a `serde_json::Value` for every climate reading.
+            Thing::Tv => to_json(&TvPayload {
+                channel: self.tv_channel,
+                name: &self.tv_name,
+            }),
             Thing::Fan => self.fan_level.to_string(),
             Thing::Mode => self.mode.as_str().into(),
-            Thing::Climate => {
-                serde_json::json!({"temperature": self.temperature, "humidity": self.humidity})
-                    .to_string()
-            }
+            Thing::Climate => to_json(&ClimatePayload {
+                humidity: self.humidity,
+                temperature: self.temperature,
+            }),
         }
     }
 
@@ -530,6 +550,34 @@ fn tv_channel(n: i64) -> Result<u32, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The retained payloads are what Home Assistant, the app and the database already hold: the typed
+    /// serialisation must give the bytes `json!` gave.
+    #[test]
+    fn payloads_match_the_json_macro() {
+        for (t, h) in [(21.5, 40.0), (-3.25, 0.1), (0.0, 100.0), (f64::NAN, 1e-7)] {
+            let s = HomeState {
+                temperature: t,
+                humidity: h,
+                ..HomeState::default()
+            };
+            assert_eq!(
+                s.payload(Thing::Climate),
+                serde_json::json!({"temperature": t, "humidity": h}).to_string()
+            );
+        }
+        for (channel, name) in [(0, ""), (3, "BBC \"One\" ü"), (6, "a\nb")] {
+            let s = HomeState {
+                tv_channel: channel,
+                tv_name: name.into(),
+                ..HomeState::default()
+            };
+            assert_eq!(
+                s.payload(Thing::Tv),
+                serde_json::json!({"channel": channel, "name": name}).to_string()
+            );
+        }
+    }
 
     #[test]
     fn modes_parse_both_dialects() {

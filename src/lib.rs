@@ -240,8 +240,13 @@ impl Hub {
                 .map_err(HubError::Thread)?;
                 // Subscribed before the drainer feeds the engine, so no node's first reading is missed.
                 let ha = ha_link.map(|link| (link, engine.subscribe()));
-                broker::spawn_drainer(link.rx, engine_tx.clone(), metrics.clone())
-                    .map_err(HubError::Thread)?;
+                broker::spawn_drainer(
+                    link.rx,
+                    engine_tx.clone(),
+                    metrics.clone(),
+                    config.hub.ingest_backlog,
+                )
+                .map_err(HubError::Thread)?;
                 Ok((
                     store,
                     loaded.hub_id,

@@ -21,6 +21,13 @@ pub struct Metrics {
     /// Rows waiting in the writer's retry buffer.
     pub db_retry_pending: AtomicU64,
     pub db_degraded: AtomicBool,
+    /// MQTT messages taken from the broker and not yet finished: queued for the engine, or accepted
+    /// readings not yet committed (or still waiting to be retried). See [`crate::broker::spawn_drainer`].
+    pub ingest_backlog: AtomicU64,
+    /// Times the drain thread stopped reading the broker because the backlog was full.
+    pub ingest_stalls: AtomicU64,
+    /// Set when the engine stops, so that a drain thread waiting for room gives up.
+    pub ingest_closed: AtomicBool,
     pub started: Instant,
     /// Active model per target: (target, validated accuracy, trained at, unix ms).
     models: RwLock<Vec<(String, f64, i64)>>,
@@ -38,6 +45,9 @@ impl Default for Metrics {
             readings_dropped: AtomicU64::new(0),
             db_retry_pending: AtomicU64::new(0),
             db_degraded: AtomicBool::new(false),
+            ingest_backlog: AtomicU64::new(0),
+            ingest_stalls: AtomicU64::new(0),
+            ingest_closed: AtomicBool::new(false),
             started: Instant::now(),
             models: RwLock::new(Vec::new()),
         }
@@ -56,6 +66,16 @@ fn reason_index(reason: Reason) -> usize {
 }
 
 impl Metrics {
+    /// `n` messages of the ingest backlog are finished (committed, refused, or dropped and counted).
+    pub fn ingest_done(&self, n: u64) {
+        if n > 0 {
+            // Saturating: a reading the gate did not count must not wrap the gauge.
+            let _ = self
+                .ingest_backlog
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+        }
+    }
+
     pub fn stored(&self, kind: ReadingKind, n: u64) {
         self.readings_stored[kind_index(kind)].fetch_add(n, Relaxed);
     }
@@ -190,6 +210,18 @@ impl Metrics {
             "gauge",
             "Rows waiting to be retried after a failed write.",
             plain(&self.db_retry_pending),
+        );
+        family(
+            "smarthub_ingest_backlog",
+            "gauge",
+            "MQTT messages read from the broker and not yet committed (bounded by [hub] ingest_backlog).",
+            plain(&self.ingest_backlog),
+        );
+        family(
+            "smarthub_ingest_stalls_total",
+            "counter",
+            "Times the hub stopped reading the broker because its ingest backlog was full.",
+            plain(&self.ingest_stalls),
         );
         if let Some(n) = mqtt_clients {
             family(

@@ -2,7 +2,7 @@
 //! from each reading's timestamp.
 
 use chrono::{DateTime, Datelike, Local, TimeZone, Timelike, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The three kinds of reading a node can publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -275,18 +275,7 @@ fn field_f64(obj: &Object, name: &str, range: (f64, f64), unit: &str) -> Result<
     let x = v.as_f64().ok_or_else(|| {
         Rejection::new(Reason::InvalidField, format!("{name}: expected a number"))
     })?;
-    if !(range.0..=range.1).contains(&x) {
-        let max = if range.1.is_finite() {
-            format!("{}", range.1)
-        } else {
-            "∞".into()
-        };
-        return Err(Rejection::new(
-            Reason::OutOfRange,
-            format!("{name}: {x} is outside {}..={max}{unit}", range.0),
-        ));
-    }
-    Ok(x)
+    check_f64(name, x, range, unit)
 }
 
 fn field_bool(obj: &Object, name: &str) -> Result<bool, Rejection> {
@@ -308,13 +297,7 @@ fn optional_int(obj: &Object, name: &str, max: i64) -> Result<Option<i64>, Rejec
             let n = v.as_i64().ok_or_else(|| {
                 Rejection::new(Reason::InvalidField, format!("{name}: expected an integer"))
             })?;
-            if !(0..=max).contains(&n) {
-                return Err(Rejection::new(
-                    Reason::OutOfRange,
-                    format!("{name}: {n} is outside 0..={max}"),
-                ));
-            }
-            Ok(Some(n))
+            check_int(name, Some(n), max)
         }
     }
 }
@@ -334,8 +317,131 @@ pub fn parse_status(payload: &[u8]) -> Result<bool, Rejection> {
 /// Highest fan level a reading may carry (old data holds 4 and 6).
 pub const MAX_FAN_LABEL: u8 = 10;
 
+/// The payloads the firmware contract allows, parsed straight into typed fields: the common case costs
+/// no `serde_json::Value`. Anything these refuse (bad JSON, unknown or duplicate fields, wrong types)
+/// goes through [`parse_reading_slow`], whose refusals name the field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LightPayload {
+    temperature: f64,
+    motion: bool,
+    light_intensity: f64,
+    #[serde(default)]
+    active: Option<bool>,
+    #[serde(default)]
+    ts: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TvPayload {
+    motion: bool,
+    #[serde(default)]
+    channel: Option<i64>,
+    #[serde(default)]
+    ts: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClimatePayload {
+    temperature: f64,
+    humidity: f64,
+    motion: bool,
+    #[serde(default)]
+    fan_level: Option<i64>,
+    #[serde(default)]
+    ts: Option<i64>,
+}
+
+fn check_f64(name: &str, x: f64, range: (f64, f64), unit: &str) -> Result<f64, Rejection> {
+    if !(range.0..=range.1).contains(&x) {
+        let max = if range.1.is_finite() {
+            format!("{}", range.1)
+        } else {
+            "∞".into()
+        };
+        return Err(Rejection::new(
+            Reason::OutOfRange,
+            format!("{name}: {x} is outside {}..={max}{unit}", range.0),
+        ));
+    }
+    Ok(x)
+}
+
+fn check_int(name: &str, n: Option<i64>, max: i64) -> Result<Option<i64>, Rejection> {
+    match n {
+        Some(n) if !(0..=max).contains(&n) => Err(Rejection::new(
+            Reason::OutOfRange,
+            format!("{name}: {n} is outside 0..={max}"),
+        )),
+        _ => Ok(n),
+    }
+}
+
+const TEMPERATURE: (f64, f64) = (-50.0, 100.0);
+const HUMIDITY: (f64, f64) = (0.0, 100.0);
+const LIGHT_INTENSITY: (f64, f64) = (0.0, f64::INFINITY);
+const MAX_TS_S: i64 = i64::MAX / 1000;
+
 /// Parses and validates a node's reading payload (the firmware contract).
 pub fn parse_reading(kind: ReadingKind, payload: &[u8]) -> Result<ParsedReading, Rejection> {
+    // serde's derived structs also accept a JSON array (fields by position): only objects go fast.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return parse_reading_slow(kind, payload);
+    }
+    let fast = match kind {
+        ReadingKind::Light => serde_json::from_slice::<LightPayload>(payload)
+            .ok()
+            .map(|p| {
+                Ok(ParsedReading {
+                    ts: check_int("ts", p.ts, MAX_TS_S)?,
+                    measurement: Measurement::Light {
+                        temperature: check_f64("temperature", p.temperature, TEMPERATURE, " °C")?,
+                        motion: p.motion,
+                        light_intensity: check_f64(
+                            "light_intensity",
+                            p.light_intensity,
+                            LIGHT_INTENSITY,
+                            " lx",
+                        )?,
+                        active: p.active,
+                    },
+                })
+            }),
+        ReadingKind::Tv => serde_json::from_slice::<TvPayload>(payload).ok().map(|p| {
+            Ok(ParsedReading {
+                ts: check_int("ts", p.ts, MAX_TS_S)?,
+                measurement: Measurement::Tv {
+                    motion: p.motion,
+                    channel: check_int("channel", p.channel, crate::home::MAX_CHANNEL as i64)?
+                        .map(|c| c as u32),
+                },
+            })
+        }),
+        ReadingKind::Climate => serde_json::from_slice::<ClimatePayload>(payload)
+            .ok()
+            .map(|p| {
+                Ok(ParsedReading {
+                    ts: check_int("ts", p.ts, MAX_TS_S)?,
+                    measurement: Measurement::Climate {
+                        temperature: check_f64("temperature", p.temperature, TEMPERATURE, " °C")?,
+                        humidity: check_f64("humidity", p.humidity, HUMIDITY, " %")?,
+                        motion: p.motion,
+                        fan_level: check_int("fan_level", p.fan_level, MAX_FAN_LABEL as i64)?
+                            .map(|f| f as u8),
+                    },
+                })
+            }),
+    };
+    match fast {
+        Some(result) => result,
+        None => parse_reading_slow(kind, payload),
+    }
+}
+
+/// The reference parser: through a `serde_json::Value`, so that every refusal names its field.
+fn parse_reading_slow(kind: ReadingKind, payload: &[u8]) -> Result<ParsedReading, Rejection> {
     let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
         Rejection::new(Reason::Malformed, format!("payload is not valid JSON: {e}"))
     })?;
@@ -353,12 +459,12 @@ pub fn parse_reading(kind: ReadingKind, payload: &[u8]) -> Result<ParsedReading,
             format!("{k}: unknown field (expected {})", allowed.join(", ")),
         ));
     }
-    let ts = optional_int(obj, "ts", i64::MAX / 1000)?;
+    let ts = optional_int(obj, "ts", MAX_TS_S)?;
     let measurement = match kind {
         ReadingKind::Light => Measurement::Light {
-            temperature: field_f64(obj, "temperature", (-50.0, 100.0), " °C")?,
+            temperature: field_f64(obj, "temperature", TEMPERATURE, " °C")?,
             motion: field_bool(obj, "motion")?,
-            light_intensity: field_f64(obj, "light_intensity", (0.0, f64::INFINITY), " lx")?,
+            light_intensity: field_f64(obj, "light_intensity", LIGHT_INTENSITY, " lx")?,
             active: match obj.get("active") {
                 None | Some(serde_json::Value::Null) => None,
                 Some(_) => Some(field_bool(obj, "active")?),
@@ -370,8 +476,8 @@ pub fn parse_reading(kind: ReadingKind, payload: &[u8]) -> Result<ParsedReading,
                 .map(|c| c as u32),
         },
         ReadingKind::Climate => Measurement::Climate {
-            temperature: field_f64(obj, "temperature", (-50.0, 100.0), " °C")?,
-            humidity: field_f64(obj, "humidity", (0.0, 100.0), " %")?,
+            temperature: field_f64(obj, "temperature", TEMPERATURE, " °C")?,
+            humidity: field_f64(obj, "humidity", HUMIDITY, " %")?,
             motion: field_bool(obj, "motion")?,
             fan_level: optional_int(obj, "fan_level", MAX_FAN_LABEL as i64)?.map(|f| f as u8),
         },
@@ -459,6 +565,57 @@ mod tests {
             let err = parse_reading(*kind, payload).unwrap_err();
             assert_eq!(err.reason, *reason, "{}", String::from_utf8_lossy(payload));
             assert!(err.message.contains(field), "{}", err.message);
+        }
+    }
+
+    /// The typed fast path must accept and refuse exactly what the reference parser does.
+    #[test]
+    fn fast_path_agrees_with_the_reference_parser() {
+        let payloads: &[&str] = &[
+            r#"{"temperature": 23.4, "motion": true, "light_intensity": 300.0, "active": true}"#,
+            r#"{"temperature": 23, "motion": false, "light_intensity": 0}"#,
+            r#"{"temperature": 23, "motion": false, "light_intensity": 0, "active": null, "ts": null}"#,
+            r#"{"temperature": 23, "motion": false, "light_intensity": 1e3, "ts": 1700000000}"#,
+            r#"{"temperature": -50.1, "motion": false, "light_intensity": 1}"#,
+            r#"{"temperature": 20, "motion": false, "light_intensity": -0.5}"#,
+            r#"{"temperature": 20, "motion": 1, "light_intensity": 5}"#,
+            r#"{"temperature": 20, "temperature": 21, "motion": true, "light_intensity": 5}"#,
+            r#"{"temperature": 20, "motion": true, "light_intensity": 5, "ts": 1.5}"#,
+            r#"{"temperature": 20, "motion": true, "light_intensity": 5, "ts": -1}"#,
+            r#"{"temperature": 20, "motion": true, "light_intensity": 5, "ts": 18446744073709551615}"#,
+            r#"{"temperature": 1e999, "motion": true, "light_intensity": 5}"#,
+            r#"{"motion": true, "channel": 3}"#,
+            r#"{"motion": true, "channel": null}"#,
+            r#"{"motion": true, "channel": 99}"#,
+            r#"{"motion": true, "channel": 2.0}"#,
+            r#"{"motion": true, "channel": -1, "ts": -5}"#,
+            r#"{"motion": true, "active": null}"#,
+            r#"{"temperature": 21.5, "humidity": 40, "motion": false, "fan_level": 2}"#,
+            r#"{"temperature": 21.5, "humidity": 100.5, "motion": false}"#,
+            r#"{"temperature": 121.5, "humidity": 100.5, "motion": false, "fan_level": 11}"#,
+            r#"{"temperature": 21.5, "humidity": 40, "motion": false, "fan_level": "2"}"#,
+            r#"{"temperature": 21.5, "humidity": 40}"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#"[23.4, true, 300.0]"#,
+            r#"[23.4, true, 300.0, true, 1700000000]"#,
+            r#"[true]"#,
+            r#"[true, 3, null]"#,
+            r#"[21.5, 40, false]"#,
+            "\u{c}{\"motion\": true}",
+            r#"null"#,
+            r#"{"temperature": 21.5"#,
+            r#" {"motion": true} "#,
+            r#"{"motion": true} x"#,
+        ];
+        for payload in payloads {
+            for kind in ReadingKind::ALL {
+                assert_eq!(
+                    parse_reading(kind, payload.as_bytes()),
+                    parse_reading_slow(kind, payload.as_bytes()),
+                    "{kind:?} {payload}"
+                );
+            }
         }
     }
 

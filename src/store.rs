@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::config::StorageSection;
 use crate::home::{HomeState, Origin, Thing};
 use crate::metrics::Metrics;
-use crate::readings::{Measurement, Reading, ReadingKind};
+use crate::readings::{Measurement, Reading, ReadingKind, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -177,7 +177,7 @@ pub fn table(kind: ReadingKind) -> &'static str {
 /// One write for the writer thread.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    Reading(Box<Reading>),
+    Reading(Arc<Reading>),
     State {
         thing: Thing,
         payload: String,
@@ -598,6 +598,7 @@ impl BatchWriter {
                 for (kind, n) in stored {
                     self.metrics.stored(kind, n);
                 }
+                self.metrics.ingest_done(from_broker(&ops));
                 if self.metrics.db_degraded.swap(false, Relaxed) {
                     tracing::info!("database writes succeed again");
                 }
@@ -612,6 +613,7 @@ impl BatchWriter {
                 let max = self.config.retry_buffer_rows.max(1);
                 let excess = ops.len().saturating_sub(max);
                 if excess > 0 {
+                    self.metrics.ingest_done(from_broker(&ops[..excess]));
                     self.metrics
                         .readings_dropped
                         .fetch_add(excess as u64, Relaxed);
@@ -625,6 +627,13 @@ impl BatchWriter {
             }
         }
     }
+}
+
+/// Readings among `ops` that came from the broker: they count in the ingest backlog until done.
+fn from_broker(ops: &[WriteOp]) -> u64 {
+    ops.iter()
+        .filter(|op| matches!(op, WriteOp::Reading(r) if r.source == Source::Mqtt))
+        .count() as u64
 }
 
 fn apply(conn: &mut Connection, ops: &[WriteOp]) -> rusqlite::Result<Vec<(ReadingKind, u64)>> {
@@ -921,7 +930,7 @@ mod tests {
         assert_eq!(loaded.hub_id.len(), 12);
         let w = store.writer();
         for i in 0..10 {
-            w.send(WriteOp::Reading(Box::new(reading(i))));
+            w.send(WriteOp::Reading(Arc::new(reading(i))));
         }
         assert!(w.flush(Duration::from_secs(5)));
         assert_eq!(
@@ -936,7 +945,7 @@ mod tests {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
             .unwrap();
         // The writer gives up after its busy timeout, reports degraded, and keeps the row.
-        w.send(WriteOp::Reading(Box::new(reading(100))));
+        w.send(WriteOp::Reading(Arc::new(reading(100))));
         let give_up = Instant::now() + Duration::from_secs(60);
         while !metrics.db_degraded.load(Relaxed) && Instant::now() < give_up {
             std::thread::sleep(Duration::from_millis(50));
@@ -975,7 +984,7 @@ mod tests {
             kind: Some(ReadingKind::Tv),
             rejected: false,
         };
-        w.send(WriteOp::Reading(Box::new(reading(0))));
+        w.send(WriteOp::Reading(Arc::new(reading(0))));
         w.send(seen(1));
         w.send(WriteOp::DiscoveryAnnounced {
             topic: "homeassistant/sensor/a/config".into(),

@@ -125,20 +125,26 @@ impl Topics {
         else {
             return Route::Foreign;
         };
-        let parts: Vec<&str> = rest.split('/').collect();
-        match parts.as_slice() {
-            ["status"] | ["error"] | ["suggestion"] | ["prediction", _] | ["hub", ..] => Route::Own,
-            [thing, "state"] if Thing::parse(thing).is_some() => Route::Own,
-            [thing, "set"] => match Thing::parse(thing) {
+        // Up to three levels and whether there are more, without collecting them (every message).
+        let mut levels = rest.split('/');
+        let first = levels.next().unwrap_or_default();
+        let (second, third) = (levels.next(), levels.next());
+        let more = levels.next().is_some();
+        match (first, second, third) {
+            ("status" | "error" | "suggestion", None, _)
+            | ("prediction", Some(_), None)
+            | ("hub", ..) => Route::Own,
+            (thing, Some("state"), None) if Thing::parse(thing).is_some() => Route::Own,
+            (thing, Some("set"), None) => match Thing::parse(thing) {
                 Some(t) if t.is_commandable() => Route::Command(t),
                 _ => Route::Unknown,
             },
-            ["nodes", id, leaf] => {
+            ("nodes", Some(id), Some(leaf)) if !more => {
                 if !is_valid_node_id(id) {
-                    return Route::BadNodeId((*id).to_owned());
+                    return Route::BadNodeId(id.to_owned());
                 }
-                let node_id = (*id).to_owned();
-                match *leaf {
+                let node_id = id.to_owned();
+                match leaf {
                     "status" => Route::NodeStatus { node_id },
                     "error" => Route::Own,
                     other => match ReadingKind::parse(other) {
@@ -147,7 +153,7 @@ impl Topics {
                     },
                 }
             }
-            ["nodes", id, ..] if !is_valid_node_id(id) => Route::BadNodeId((*id).to_owned()),
+            ("nodes", Some(id), _) if !is_valid_node_id(id) => Route::BadNodeId(id.to_owned()),
             _ => Route::Unknown,
         }
     }
@@ -202,6 +208,33 @@ mod tests {
         assert_eq!(t.route("smarthub/whatever"), Route::Unknown);
         assert_eq!(t.route("other/x"), Route::Foreign);
         assert_eq!(t.route("smarthubx/light/set"), Route::Foreign);
+        let cases = [
+            ("smarthub/status", Route::Own),
+            ("smarthub/status/x", Route::Unknown),
+            ("smarthub/prediction/light", Route::Own),
+            ("smarthub/prediction", Route::Unknown),
+            ("smarthub/prediction/a/b", Route::Unknown),
+            ("smarthub/hub", Route::Own),
+            ("smarthub/hub/flush/1/2", Route::Own),
+            ("smarthub/light/state/x", Route::Unknown),
+            ("smarthub/light/set/x", Route::Unknown),
+            ("smarthub/nodes/k/light/extra", Route::Unknown),
+            ("smarthub/nodes/K/light/extra", Route::BadNodeId("K".into())),
+            ("smarthub/nodes/K", Route::BadNodeId("K".into())),
+            ("smarthub/nodes/k", Route::Unknown),
+            ("smarthub/nodes", Route::Unknown),
+            ("smarthub/nodes/k/error", Route::Own),
+            (
+                "smarthub/nodes/k/status",
+                Route::NodeStatus {
+                    node_id: "k".into(),
+                },
+            ),
+            ("smarthub/", Route::Unknown),
+        ];
+        for (topic, route) in cases {
+            assert_eq!(t.route(topic), route, "{topic}");
+        }
     }
 
     #[test]

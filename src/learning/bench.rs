@@ -85,7 +85,7 @@ pub fn run(
                             Source::Mqtt,
                         )
                         .expect("a current reading");
-                    writer.send(WriteOp::Reading(Box::new(r)));
+                    writer.send(WriteOp::Reading(std::sync::Arc::new(r)));
                     sent += 1;
                 }
                 let t = Instant::now();

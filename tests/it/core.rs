@@ -847,3 +847,66 @@ fn test_config_with_pin(template: &smarthub::config::Config) -> smarthub::config
     config.door.pin_file = template.door.pin_file.clone();
     config
 }
+
+/// A stalled database under a flood: the hub holds at most `[hub] ingest_backlog` messages, stops
+/// reading the broker while full, and every acknowledged reading is afterwards either stored or counted
+/// in `smarthub_messages_lost_total` (the broker log's overflow): bounded memory, no silent loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_backlog_is_bounded_and_overflow_is_counted() {
+    const SENT: u64 = 20_000;
+    const BACKLOG: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.hub.ingest_backlog = BACKLOG;
+    // The smallest log `check-config` allows (2 x 64 KiB, ~2,000 readings), so the flood overflows it.
+    config.broker.router.max_segment_size = 64 * 1024;
+    config.broker.router.max_segment_count = 2;
+    let mut hub = TestHub::start_in(dir, config).await;
+    let mut blocker = rusqlite::Connection::open(hub.db_path()).unwrap();
+    let lock = blocker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .unwrap();
+    let node = hub.mqtt("flood").await;
+    for i in 0..SENT {
+        node.publish(
+            "smarthub/nodes/flood/tv",
+            format!(r#"{{"motion": true, "channel": {}}}"#, i % 7),
+        )
+        .await;
+    }
+    node.wait_acked(SENT as usize).await;
+    let stalls = "smarthub_ingest_stalls_total ";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while hub.metric(stalls).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the drain never stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = hub.metric("smarthub_ingest_backlog ").await;
+    assert!(held <= BACKLOG, "backlog {held} > {BACKLOG}");
+    assert_eq!(count_in(&hub.db_path(), ReadingKind::Tv), 0);
+    lock.rollback().unwrap();
+    drop(blocker);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (stored, lost) = loop {
+        let stored = hub.count(ReadingKind::Tv);
+        let lost = hub.metric("smarthub_messages_lost_total ").await;
+        if stored + lost >= SENT {
+            break (stored, lost);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{stored} stored + {lost} lost of {SENT} acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("flood: {stored} stored, {lost} lost of {SENT}");
+    assert_eq!(stored + lost, SENT, "{stored} stored, {lost} lost");
+    assert!(lost > 0, "the log should have overflowed");
+    assert!(stored >= BACKLOG, "{stored} stored");
+    assert_eq!(hub.metric("smarthub_ingest_backlog ").await, 0);
+    node.disconnect().await;
+    hub.stop().await;
+}
