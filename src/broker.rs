@@ -8,13 +8,14 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttd::local::{LinkRx, LinkTx};
+use flume::RecvTimeoutError;
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{LinkType, Notification, Server};
 
@@ -89,7 +90,11 @@ impl Publisher {
 pub struct Broker {
     runtime: Option<tokio::runtime::Runtime>,
     pub listeners: Vec<(&'static str, SocketAddr)>,
+    gate: Arc<ListenerGate>,
 }
+
+/// Worker threads of the runtime that runs rumqttd's listeners and connection tasks.
+const CONNECTION_WORKERS: usize = 2;
 
 /// What [`Broker::start`] hands to the hub: the engine's link and, when asked for, Home Assistant's.
 pub struct EngineLink {
@@ -97,6 +102,8 @@ pub struct EngineLink {
     pub rx: LinkRx,
     /// Home Assistant's own link, subscribed to its status topic.
     pub homeassistant: Option<SideLink>,
+    /// Holds the connections back while the hub is far behind (see [`spawn_drainer`]).
+    pub gate: Arc<ListenerGate>,
 }
 
 /// A link of its own for an adapter that publishes outside the base topic and listens to a few topics.
@@ -136,13 +143,17 @@ impl Broker {
         for (proto, addr) in &listeners {
             check_free(proto, *addr)?;
         }
+        let nice = config.hub.broker_nice;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(CONNECTION_WORKERS)
             .thread_name("mqtt")
+            .on_thread_start(move || lower_priority(nice))
             .enable_all()
             .build()
             .map_err(BrokerError::Runtime)?;
         let router = rumqttd::Router::new(config.broker.id, config.broker.router.clone());
+        // The router stays at the hub's priority: it forwards to the engine's link as well as
+        // taking in what the connections read.
         let router_tx = router.spawn();
         let (mut tx, rx, _ack) =
             rumqttd::local::LinkBuilder::new("smarthub-engine", router_tx.clone())
@@ -242,21 +253,26 @@ impl Broker {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        let gate = Arc::new(ListenerGate::new(runtime.handle().clone()));
         Ok((
             Broker {
                 runtime: Some(runtime),
                 listeners: listeners.clone(),
+                gate: gate.clone(),
             },
             EngineLink {
                 publisher: Publisher { tx },
                 rx,
                 homeassistant,
+                gate,
             },
         ))
     }
 
     /// Closes every listener and client connection; the ports are free when this returns.
     pub fn stop(&mut self) {
+        // A held worker would never see the runtime shut down.
+        self.gate.close();
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
             let deadline = Instant::now() + Duration::from_secs(3);
@@ -285,30 +301,152 @@ fn proto_name(p: u8) -> &'static str {
     }
 }
 
+/// Makes the calling thread `nice` steps less favoured by the scheduler than the hub's own threads
+/// (`[hub] broker_nice`). On Linux the nice value belongs to the thread, not the process.
+fn lower_priority(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
+        let (tid, current) = unsafe {
+            let tid = libc::gettid();
+            *libc::__errno_location() = 0;
+            (
+                tid,
+                libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t),
+            )
+        };
+        let target = (current + i32::from(nice)).min(19);
+        // SAFETY: as above.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, target) } != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the broker thread's priority");
+        }
+    }
+}
+
+/// How far the hub may fall behind the broker (`[hub] ingest_backlog`, `ingest_pause_max_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    /// At most this many messages taken from the broker and not yet finished.
+    pub backlog: u64,
+    /// The longest the connections are held back in one stall; 0: never.
+    pub max_pause: Duration,
+}
+
+/// Holds rumqttd's connection tasks back while the hub is far behind the broker.
+///
+/// rumqttd acknowledges a QoS 1 publish as soon as it is in its log, reads every socket as fast as
+/// it can, and drops the oldest part of a full log whoever has not read it: it has no backpressure of
+/// its own. Holding every worker of the runtime that runs the connections stops them reading their
+/// sockets, so TCP pushes back on the publishers (QoS 0 too) and nothing more is acknowledged, while
+/// the router, the engine and the writer go on with what they already have.
+pub struct ListenerGate {
+    handle: tokio::runtime::Handle,
+    held: AtomicBool,
+    state: Mutex<GateState>,
+    released: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    held: bool,
+    closed: bool,
+}
+
+impl ListenerGate {
+    fn new(handle: tokio::runtime::Handle) -> ListenerGate {
+        ListenerGate {
+            handle,
+            held: AtomicBool::new(false),
+            state: Mutex::new(GateState::default()),
+            released: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the connections are held back now.
+    pub fn is_held(&self) -> bool {
+        self.held.load(Relaxed)
+    }
+
+    /// Holds every connection worker until [`release`](Self::release).
+    pub fn hold(self: &Arc<Self>) {
+        {
+            let mut state = self.lock();
+            if state.held || state.closed {
+                return;
+            }
+            state.held = true;
+            self.held.store(true, Relaxed);
+        }
+        // One task per worker, each blocking the thread that runs it: a worker that is held runs
+        // no connection; whatever sits in its queue is stolen by the others until they are held too.
+        for _ in 0..CONNECTION_WORKERS {
+            let gate = self.clone();
+            self.handle.spawn(async move { gate.wait_released() });
+        }
+    }
+
+    fn wait_released(&self) {
+        let mut state = self.lock();
+        while state.held && !state.closed {
+            state = self.released.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn release(&self) {
+        let mut state = self.lock();
+        state.held = false;
+        self.held.store(false, Relaxed);
+        self.released.notify_all();
+    }
+
+    /// Releases the workers for good (shutdown).
+    fn close(&self) {
+        self.lock().closed = true;
+        self.release();
+    }
+}
+
 /// Drains the engine's link on a thread of its own into `out`, answering rumqttd's flow control,
 /// and counts messages the broker's log dropped before we read them (gaps in the cursor).
 ///
-/// At most `backlog` messages are in the hub at once (`metrics.ingest_backlog`: +1 here, -1 when the
-/// engine has refused or finished a message, or the writer has committed its reading). When it is full
-/// this thread stops reading the link until there is room: the router keeps appending to its log, and
-/// what overflows the log shows up as a counted gap. Without the bound a flood the engine or SQLite
+/// At most `limits.backlog` messages are in the hub at once (`metrics.ingest_backlog`: +1 here, -1
+/// when the engine has refused or finished a message, or the writer has committed its reading). When
+/// it is full this thread stops reading the link, and the connections are held back through `gate`
+/// until the hub has caught up (a quarter of the backlog left) or `limits.max_pause` has passed: a
+/// flood the hub cannot keep up with then slows the publishers down instead of overflowing the
+/// broker's log. A stall that outlasts the pause (a stalled disk) lets the connections go on; what
+/// then overflows the log shows up as a counted gap. Without the bound a flood the engine or SQLite
 /// cannot keep up with grows the hub's memory without limit.
 pub fn spawn_drainer(
     mut rx: LinkRx,
     out: Sender<crate::engine::Input>,
     metrics: Arc<Metrics>,
-    backlog: u64,
+    gate: Arc<ListenerGate>,
+    limits: IngestLimits,
 ) -> std::io::Result<()> {
-    let backlog = backlog.max(1);
     std::thread::Builder::new()
         .name("mqtt-drain".into())
         .spawn(move || {
+            let mut flow = Flow::new(limits, gate);
             let mut last: Option<u64> = None;
             loop {
-                if !wait_for_room(&metrics, backlog) {
+                if !flow.wait_for_room(&metrics) {
                     return;
                 }
-                match rx.recv() {
+                // While the connections are held, wake up now and then to release them in time.
+                let next = if flow.gate.is_held() {
+                    rx.recv_deadline(Instant::now() + HELD_POLL)
+                } else {
+                    rx.recv()
+                };
+                match next {
                     Ok(Some(Notification::Forward(f))) => {
                         if let Some((_, offset)) = f.cursor {
                             if let Some(prev) = last {
@@ -335,38 +473,107 @@ pub fn spawn_drainer(
                         }
                     }
                     Ok(Some(_)) | Ok(None) => {}
+                    // Nothing more from the router: the hub has read all the broker had for it.
+                    Err(LinkError::RecvTimeout(RecvTimeoutError::Timeout)) => {
+                        flow.maybe_release(&metrics, true);
+                        continue;
+                    }
                     Err(_) => return,
                 }
+                flow.maybe_release(&metrics, false);
             }
         })
         .map(|_| ())
 }
 
-/// Waits while the ingest backlog is full; false when the engine stopped meanwhile.
-fn wait_for_room(metrics: &Metrics, backlog: u64) -> bool {
-    if metrics.ingest_backlog.load(Relaxed) < backlog {
-        return true;
-    }
-    let stalls = metrics.ingest_stalls.fetch_add(1, Relaxed) + 1;
-    // Logged on the 1st, 2nd, 4th, 8th... stall: a sustained flood must not flood the log too.
-    if stalls.is_power_of_two() {
-        tracing::warn!(
-            backlog,
-            stalls,
-            "the hub is {backlog} messages behind: it reads the broker again once the engine and the database catch up (smarthub_ingest_stalls_total)"
-        );
-    }
-    // Resume at 3/4 so that a full backlog does not toggle on every message.
-    let resume = backlog - backlog / 4;
-    let mut pause = Duration::from_micros(100);
-    while metrics.ingest_backlog.load(Relaxed) >= resume.max(1) {
-        if metrics.ingest_closed.load(Relaxed) {
-            return false;
+/// How often the drain thread looks at the backlog while the connections are held.
+const HELD_POLL: Duration = Duration::from_millis(5);
+
+/// The drain thread's side of the ingest backlog and the listener gate.
+struct Flow {
+    limits: IngestLimits,
+    gate: Arc<ListenerGate>,
+    /// When the connections were last held back.
+    held_since: Option<Instant>,
+    /// False after a hold ran out of time, until the hub catches up: a stalled disk holds the
+    /// connections back once, not again and again.
+    may_hold: bool,
+}
+
+impl Flow {
+    fn new(limits: IngestLimits, gate: Arc<ListenerGate>) -> Flow {
+        Flow {
+            limits: IngestLimits {
+                backlog: limits.backlog.max(1),
+                ..limits
+            },
+            gate,
+            held_since: None,
+            may_hold: true,
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(10));
     }
-    !metrics.ingest_closed.load(Relaxed)
+
+    /// Below this the connections are let go again.
+    fn release_mark(&self) -> u64 {
+        self.limits.backlog / 4
+    }
+
+    /// Waits while the ingest backlog is full; false when the engine stopped meanwhile.
+    fn wait_for_room(&mut self, metrics: &Metrics) -> bool {
+        let backlog = self.limits.backlog;
+        if metrics.ingest_backlog.load(Relaxed) < backlog {
+            return true;
+        }
+        let stalls = metrics.ingest_stalls.fetch_add(1, Relaxed) + 1;
+        // Logged on the 1st, 2nd, 4th, 8th... stall: a sustained flood must not flood the log too.
+        if stalls.is_power_of_two() {
+            tracing::warn!(
+                backlog,
+                stalls,
+                "the hub is {backlog} messages behind: it reads the broker again once the engine and the database catch up (smarthub_ingest_stalls_total)"
+            );
+        }
+        if self.may_hold && !self.limits.max_pause.is_zero() && self.held_since.is_none() {
+            self.gate.hold();
+            self.held_since = Some(Instant::now());
+            metrics.ingest_holds.fetch_add(1, Relaxed);
+        }
+        // Read again at 3/4 so that a full backlog does not toggle on every message.
+        let resume = backlog - backlog / 4;
+        let mut pause = Duration::from_micros(100);
+        while metrics.ingest_backlog.load(Relaxed) >= resume.max(1) {
+            if metrics.ingest_closed.load(Relaxed) {
+                self.gate.release();
+                return false;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(HELD_POLL);
+            self.maybe_release(metrics, false);
+        }
+        !metrics.ingest_closed.load(Relaxed)
+    }
+
+    /// Lets the connections go once the hub has read everything the broker had for it (`link_idle`)
+    /// or worked its backlog down to a quarter, or when the hold has lasted too long.
+    fn maybe_release(&mut self, metrics: &Metrics, link_idle: bool) {
+        let low = metrics.ingest_backlog.load(Relaxed) < self.release_mark().max(1);
+        let Some(since) = self.held_since else {
+            self.may_hold |= low;
+            return;
+        };
+        let caught_up = low || link_idle;
+        if caught_up || since.elapsed() >= self.limits.max_pause {
+            self.gate.release();
+            self.held_since = None;
+            self.may_hold = caught_up;
+            if !caught_up {
+                tracing::warn!(
+                    max_pause_ms = self.limits.max_pause.as_millis() as u64,
+                    "the hub is still behind after holding the MQTT connections back: letting them go on (what overflows the broker's log is counted in smarthub_messages_lost_total)"
+                );
+            }
+        }
+    }
 }
 
 /// Whether something listens on `addr`'s port. Reads the socket table where it can: probing with a

@@ -88,6 +88,17 @@ pub struct HubSection {
     /// SQLite falls this far behind, the hub stops reading the broker: memory stays bounded, and what
     /// overflows the broker's log is counted in `smarthub_messages_lost_total`. Default 50000.
     pub ingest_backlog: u64,
+    /// How much lower the embedded broker's connection threads (rumqttd's listeners and connection
+    /// tasks; its router keeps the hub's priority) run than the engine and the SQLite writer: a nice
+    /// value added to theirs, 0 to 19. Under a flood the broker then reads the sockets only as fast as
+    /// the hub persists what it forwards (TCP pushes back on the publishers) instead of accepting
+    /// messages that overflow its log; with CPU to spare it changes nothing. Linux only (ignored
+    /// elsewhere). Default 19.
+    pub broker_nice: u8,
+    /// When the backlog is full the hub also holds the MQTT connections back (they stop reading their
+    /// sockets, so publishers wait instead of their messages overflowing the broker's log) until it
+    /// has caught up, for at most this long per stall; 0 never holds them. Default 500.
+    pub ingest_pause_max_ms: u64,
 }
 
 impl Default for HubSection {
@@ -98,6 +109,8 @@ impl Default for HubSection {
             max_future_skew_s: 300,
             rejection_log_per_minute: 20,
             ingest_backlog: 50_000,
+            broker_nice: 19,
+            ingest_pause_max_ms: 500,
         }
     }
 }
@@ -467,6 +480,12 @@ impl Config {
         if self.hub.ingest_backlog == 0 {
             problems.push("hub.ingest_backlog = 0: use at least 1 (default 50000)".into());
         }
+        if self.hub.broker_nice > 19 {
+            problems.push(format!(
+                "hub.broker_nice = {}: use 0 (same priority as the hub) to 19 (default 19)",
+                self.hub.broker_nice
+            ));
+        }
         if self.storage.commit_max_rows == 0 {
             problems.push("storage.commit_max_rows = 0: use at least 1".into());
         }
@@ -735,6 +754,22 @@ mod tests {
         let c = Config::default_config();
         assert_eq!(c.learning.retrain_cron, "0 0 0 * * *");
         assert_eq!(c.learning.manual_override_minutes, 30);
+    }
+
+    #[test]
+    fn ingest_flow_settings_are_checked() {
+        let c = Config::default_config();
+        assert_eq!(c.hub.broker_nice, 19);
+        assert_eq!(c.hub.ingest_pause_max_ms, 500);
+        let text = DEFAULT_CONFIG
+            .replace("broker_nice = 19", "broker_nice = 20")
+            .replace("ingest_backlog = 50000", "ingest_backlog = 0");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("hub.broker_nice = 20"), "{err}");
+        assert!(err.contains("hub.ingest_backlog = 0"), "{err}");
+        let text = DEFAULT_CONFIG.replace("broker_nice = 19", "broker_nice = -1");
+        let err = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("broker_nice"), "{err}");
     }
 
     #[test]

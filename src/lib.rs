@@ -244,7 +244,11 @@ impl Hub {
                     link.rx,
                     engine_tx.clone(),
                     metrics.clone(),
-                    config.hub.ingest_backlog,
+                    link.gate.clone(),
+                    broker::IngestLimits {
+                        backlog: config.hub.ingest_backlog,
+                        max_pause: Duration::from_millis(config.hub.ingest_pause_max_ms),
+                    },
                 )
                 .map_err(HubError::Thread)?;
                 Ok((

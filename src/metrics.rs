@@ -26,6 +26,8 @@ pub struct Metrics {
     pub ingest_backlog: AtomicU64,
     /// Times the drain thread stopped reading the broker because the backlog was full.
     pub ingest_stalls: AtomicU64,
+    /// Times the MQTT connections were held back because the backlog was full.
+    pub ingest_holds: AtomicU64,
     /// Set when the engine stops, so that a drain thread waiting for room gives up.
     pub ingest_closed: AtomicBool,
     pub started: Instant,
@@ -47,6 +49,7 @@ impl Default for Metrics {
             db_degraded: AtomicBool::new(false),
             ingest_backlog: AtomicU64::new(0),
             ingest_stalls: AtomicU64::new(0),
+            ingest_holds: AtomicU64::new(0),
             ingest_closed: AtomicBool::new(false),
             started: Instant::now(),
             models: RwLock::new(Vec::new()),
@@ -222,6 +225,12 @@ impl Metrics {
             "counter",
             "Times the hub stopped reading the broker because its ingest backlog was full.",
             plain(&self.ingest_stalls),
+        );
+        family(
+            "smarthub_ingest_holds_total",
+            "counter",
+            "Times the hub held the MQTT connections back (publishers wait) because its ingest backlog was full.",
+            plain(&self.ingest_holds),
         );
         if let Some(n) = mqtt_clients {
             family(

@@ -849,8 +849,9 @@ fn test_config_with_pin(template: &smarthub::config::Config) -> smarthub::config
 }
 
 /// A stalled database under a flood: the hub holds at most `[hub] ingest_backlog` messages, stops
-/// reading the broker while full, and every acknowledged reading is afterwards either stored or counted
-/// in `smarthub_messages_lost_total` (the broker log's overflow): bounded memory, no silent loss.
+/// reading the broker while full, holds the connections back for `ingest_pause_max_ms` and then lets
+/// them go on, and every acknowledged reading is afterwards either stored or counted in
+/// `smarthub_messages_lost_total` (the broker log's overflow): bounded memory, no silent loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_backlog_is_bounded_and_overflow_is_counted() {
     const SENT: u64 = 20_000;
@@ -858,6 +859,7 @@ async fn ingest_backlog_is_bounded_and_overflow_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config();
     config.hub.ingest_backlog = BACKLOG;
+    config.hub.ingest_pause_max_ms = 200;
     // The smallest log `check-config` allows (2 x 64 KiB, ~2,000 readings), so the flood overflows it.
     config.broker.router.max_segment_size = 64 * 1024;
     config.broker.router.max_segment_count = 2;
@@ -907,6 +909,76 @@ async fn ingest_backlog_is_bounded_and_overflow_is_counted() {
     assert!(lost > 0, "the log should have overflowed");
     assert!(stored >= BACKLOG, "{stored} stored");
     assert_eq!(hub.metric("smarthub_ingest_backlog ").await, 0);
+    assert!(hub.metric("smarthub_ingest_holds_total ").await >= 1);
+    node.disconnect().await;
+    hub.stop().await;
+}
+
+/// The same flood with a short stall of the database: while the hub is behind it holds the MQTT
+/// connections back (the publisher waits for its acknowledgements), so the broker's small log never
+/// overflows and every reading is stored. With `ingest_pause_max_ms = 0` this flood loses readings
+/// (the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_hub_holds_the_publishers_back_instead_of_losing_readings() {
+    const SENT: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.hub.ingest_backlog = 100;
+    config.hub.ingest_pause_max_ms = 30_000;
+    config.broker.router.max_segment_size = 64 * 1024;
+    config.broker.router.max_segment_count = 2;
+    let mut hub = TestHub::start_in(dir, config).await;
+    let mut blocker = rusqlite::Connection::open(hub.db_path()).unwrap();
+    let lock = blocker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .unwrap();
+    let node = hub.mqtt("flood").await;
+    let publisher = {
+        let client = node.client.clone();
+        tokio::spawn(async move {
+            for i in 0..SENT {
+                client
+                    .publish(
+                        "smarthub/nodes/flood/tv",
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        format!(r#"{{"motion": true, "channel": {}}}"#, i % 7),
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while hub.metric("smarthub_ingest_holds_total ").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connections were never held back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Held: the publisher gets no more acknowledgements than the hub has room for.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = node.acked.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (acked as u64) < SENT / 2,
+        "{acked} of {SENT} acknowledged while the hub was held up"
+    );
+    assert_eq!(count_in(&hub.db_path(), ReadingKind::Tv), 0);
+    lock.rollback().unwrap();
+    drop(blocker);
+    publisher.await.unwrap();
+    node.wait_acked(SENT as usize).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while hub.count(ReadingKind::Tv) < SENT {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {SENT} stored",
+            hub.count(ReadingKind::Tv)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(hub.metric("smarthub_messages_lost_total ").await, 0);
     node.disconnect().await;
     hub.stop().await;
 }
