@@ -78,11 +78,18 @@ pub struct Conn {
 
 impl Conn {
     /// Connects with a clean session and waits for a successful CONNACK.
+    ///
+    /// `client_id` gets a suffix unique in this process: rumqttd 0.20 reuses a closed connection's id
+    /// for the next one, so a client that reconnects with the same client id right after closing
+    /// (each run of a benchmark does) can be disconnected by its own previous connection's late
+    /// disconnect event (README, "Reconnecting with the same client id").
     pub async fn connect(
         addr: SocketAddr,
         client_id: &str,
         keep_alive_s: u16,
     ) -> anyhow::Result<Conn> {
+        static CONNECTS: AtomicU64 = AtomicU64::new(0);
+        let client_id = &format!("{client_id}-{}", CONNECTS.fetch_add(1, Relaxed));
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("TCP connect to {addr}"))?;
