@@ -331,7 +331,7 @@ fn lower_priority(nice: u8) {
 pub struct IngestLimits {
     /// At most this many messages taken from the broker and not yet finished.
     pub backlog: u64,
-    /// The longest the connections are held back in one stall; 0: never.
+    /// The longest the connections are held back while the hub finishes nothing; 0: never hold them.
     pub max_pause: Duration,
 }
 
@@ -419,10 +419,10 @@ impl ListenerGate {
 /// At most `limits.backlog` messages are in the hub at once (`metrics.ingest_backlog`: +1 here, -1
 /// when the engine has refused or finished a message, or the writer has committed its reading). When
 /// it is full this thread stops reading the link, and the connections are held back through `gate`
-/// until the hub has caught up (a quarter of the backlog left) or `limits.max_pause` has passed: a
-/// flood the hub cannot keep up with then slows the publishers down instead of overflowing the
-/// broker's log. A stall that outlasts the pause (a stalled disk) lets the connections go on; what
-/// then overflows the log shows up as a counted gap. Without the bound a flood the engine or SQLite
+/// until the hub has caught up (a quarter of the backlog left, or nothing more in the broker for it):
+/// a flood the hub cannot keep up with then slows the publishers down instead of overflowing the
+/// broker's log. A hub that finishes nothing for `limits.max_pause` (a stalled disk) lets the
+/// connections go on; what then overflows the log shows up as a counted gap. Without the bound a flood the engine or SQLite
 /// cannot keep up with grows the hub's memory without limit.
 pub fn spawn_drainer(
     mut rx: LinkRx,
@@ -463,6 +463,7 @@ pub fn spawn_drainer(
                             payload: f.publish.payload,
                         };
                         metrics.ingest_backlog.fetch_add(1, Relaxed);
+                        flow.taken += 1;
                         if out.send(crate::engine::Input::Mqtt(msg)).is_err() {
                             return;
                         }
@@ -493,11 +494,20 @@ const HELD_POLL: Duration = Duration::from_millis(5);
 struct Flow {
     limits: IngestLimits,
     gate: Arc<ListenerGate>,
-    /// When the connections were last held back.
-    held_since: Option<Instant>,
+    /// Messages this thread has taken from the link.
+    taken: u64,
+    /// The hold in force, if any.
+    hold: Option<Hold>,
     /// False after a hold ran out of time, until the hub catches up: a stalled disk holds the
     /// connections back once, not again and again.
     may_hold: bool,
+}
+
+/// A hold of the connections: when the hub last made progress during it.
+struct Hold {
+    /// Messages finished (taken and no longer in the backlog) when last looked at.
+    finished: u64,
+    progress_at: Instant,
 }
 
 impl Flow {
@@ -508,7 +518,8 @@ impl Flow {
                 ..limits
             },
             gate,
-            held_since: None,
+            taken: 0,
+            hold: None,
             may_hold: true,
         }
     }
@@ -533,9 +544,12 @@ impl Flow {
                 "the hub is {backlog} messages behind: it reads the broker again once the engine and the database catch up (smarthub_ingest_stalls_total)"
             );
         }
-        if self.may_hold && !self.limits.max_pause.is_zero() && self.held_since.is_none() {
+        if self.may_hold && !self.limits.max_pause.is_zero() && self.hold.is_none() {
             self.gate.hold();
-            self.held_since = Some(Instant::now());
+            self.hold = Some(Hold {
+                finished: self.finished(metrics),
+                progress_at: Instant::now(),
+            });
             metrics.ingest_holds.fetch_add(1, Relaxed);
         }
         // Read again at 3/4 so that a full backlog does not toggle on every message.
@@ -553,23 +567,38 @@ impl Flow {
         !metrics.ingest_closed.load(Relaxed)
     }
 
+    /// Messages the engine and the writer have finished with since the start.
+    fn finished(&self, metrics: &Metrics) -> u64 {
+        self.taken
+            .saturating_sub(metrics.ingest_backlog.load(Relaxed))
+    }
+
     /// Lets the connections go once the hub has read everything the broker had for it (`link_idle`)
-    /// or worked its backlog down to a quarter, or when the hold has lasted too long.
+    /// or worked its backlog down to a quarter, or when it has finished nothing for
+    /// `limits.max_pause` (a stalled disk): a hub that is slow but moving keeps the publishers
+    /// waiting, however long it takes to work through what the broker already holds.
     fn maybe_release(&mut self, metrics: &Metrics, link_idle: bool) {
         let low = metrics.ingest_backlog.load(Relaxed) < self.release_mark().max(1);
-        let Some(since) = self.held_since else {
+        let finished = self.finished(metrics);
+        let Some(hold) = &mut self.hold else {
             self.may_hold |= low;
             return;
         };
+        let now = Instant::now();
+        if finished > hold.finished {
+            hold.finished = finished;
+            hold.progress_at = now;
+        }
         let caught_up = low || link_idle;
-        if caught_up || since.elapsed() >= self.limits.max_pause {
+        let stuck = now.duration_since(hold.progress_at) >= self.limits.max_pause;
+        if caught_up || stuck {
             self.gate.release();
-            self.held_since = None;
+            self.hold = None;
             self.may_hold = caught_up;
             if !caught_up {
                 tracing::warn!(
                     max_pause_ms = self.limits.max_pause.as_millis() as u64,
-                    "the hub is still behind after holding the MQTT connections back: letting them go on (what overflows the broker's log is counted in smarthub_messages_lost_total)"
+                    "the hub finished nothing while the MQTT connections were held back: letting them go on (what overflows the broker's log is counted in smarthub_messages_lost_total)"
                 );
             }
         }

@@ -97,7 +97,8 @@ pub struct HubSection {
     pub broker_nice: u8,
     /// When the backlog is full the hub also holds the MQTT connections back (they stop reading their
     /// sockets, so publishers wait instead of their messages overflowing the broker's log) until it
-    /// has caught up, for at most this long per stall; 0 never holds them. Default 500.
+    /// has caught up; when it finishes nothing for this long (a stalled disk) it lets them go on.
+    /// 0 never holds them. Default 500.
     pub ingest_pause_max_ms: u64,
 }
 
