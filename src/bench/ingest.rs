@@ -127,7 +127,7 @@ async fn one(
     let mut sub_task = None;
     let mut hub_db = None;
     let mut stored0 = 0;
-    if target == Target::Smarthub {
+    if target.is_hub() {
         let db = smarthub::store::open_reader(&smarthub::database_path(&dir))?;
         stored0 = committed_rows(&db)?;
         hub_db = Some(db);
@@ -223,7 +223,7 @@ async fn one(
     }
     let cpu = mark.since(Some(&proc));
     let wall = t0.elapsed().as_secs_f64();
-    let mut hub_threads: Vec<(String, f64)> = if target == Target::Smarthub {
+    let mut hub_threads: Vec<(String, f64)> = if target.is_hub() {
         proc.threads_cpu_s()
             .into_iter()
             .map(|(name, cpu)| {
@@ -238,13 +238,13 @@ async fn one(
     hub_threads.sort_by(|a, b| b.1.total_cmp(&a.1));
     let (sent, acked) = totals.unwrap_or_default();
     let end = match target {
-        Target::Smarthub => last_change,
+        t if t.is_hub() => last_change,
         _ => base + Duration::from_micros(last_us.load(Relaxed)),
     };
     let secs_taken = (end.max(t0) - t0).as_secs_f64().max(1e-3);
     let peak_rss_kib = proc.hwm_kib();
     let hub_lost = match (target, http) {
-        (Target::Smarthub, Some(http)) => Some(hub_lost(http).await?),
+        (t, Some(http)) if t.is_hub() => Some(hub_lost(http).await?),
         _ => None,
     };
     if let Some(t) = sub_task {
@@ -297,7 +297,7 @@ pub async fn run(
                             format!("ingest {} QoS {qos} {clients} clients", cell.target.name())
                         })?;
                     eprintln!(
-                        "ingest QoS {qos} {clients:>3} clients {:<9} run {}/{runs}: {:>9}/s ({} of {} sent arrived; load generator {:.2} cores, target {:.2}, others {:.2})",
+                        "ingest QoS {qos} {clients:>3} clients {:<15} run {}/{runs}: {:>9}/s ({} of {} sent arrived; load generator {:.2} cores, target {:.2}, others {:.2})",
                         cell.target.name(),
                         rep + 1,
                         thousands(r.rate),

@@ -65,11 +65,13 @@ pub struct BenchArgs {
     /// Publishing clients in the ingest section.
     #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
     pub publishers: Vec<usize>,
-    /// Brokers to measure (comma-separated); the hub is the one the goals are about.
+    /// Brokers to measure (comma-separated); the hub is the one the goals are about. `smarthub-unheld`
+    /// is the hub with its backpressure off (`[hub] ingest_pause_max_ms = 0`, `broker_nice = 0`),
+    /// measured in the ingest section only, for the backpressure table.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "smarthub,rumqttd,mosquitto"
+        default_value = "smarthub,rumqttd,mosquitto,smarthub-unheld"
     )]
     pub targets: Vec<Target>,
     /// Sections to run (comma-separated).
@@ -363,6 +365,64 @@ fn all_cpu(r: &Report, pick: impl Fn(&procs::CpuUse) -> f64) -> Runs {
     x
 }
 
+/// The hub as shipped against the same build with its backpressure off, cell by cell.
+fn backpressure_table(o: &mut String, r: &Report) {
+    let pairs: Vec<(&ingest::IngestCell, &ingest::IngestCell)> = r
+        .ingest
+        .iter()
+        .filter(|c| c.target == Target::Smarthub)
+        .filter_map(|held| {
+            r.ingest
+                .iter()
+                .find(|c| {
+                    c.target == Target::SmarthubUnheld
+                        && c.qos == held.qos
+                        && c.clients == held.clients
+                })
+                .map(|unheld| (held, unheld))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\nBackpressure: the hub as shipped against the same build started with `[hub] ingest_pause_max_ms = 0` and \
+         `broker_nice = 0` (`smarthub-unheld`: it stops reading the broker when its backlog is full, but neither holds \
+         the connections back nor lowers their priority). Same load, runs taking turns.\n\n| QoS | clients | \
+         persisted/s (shipped) | persisted/s (unheld) | accepted/s (shipped) | accepted/s (unheld) | lost from the \
+         broker's log (shipped) | lost (unheld) | peak RSS MB (shipped) | peak RSS MB (unheld) |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
+    );
+    let series = |cell: &ingest::IngestCell, f: &dyn Fn(&ingest::IngestRun) -> f64| {
+        let mut x = Runs::default();
+        for run in &cell.runs {
+            x.push(f(run));
+        }
+        x
+    };
+    for (held, unheld) in pairs {
+        let rate = |c| series(c, &|x| x.rate).show(thousands);
+        let accepted = |c| series(c, &|x| x.accepted_rate).show(thousands);
+        let lost = |c| series(c, &|x| x.hub_lost.unwrap_or(0) as f64).show(thousands);
+        let rss = |c| series(c, &|x| x.peak_rss_kib.unwrap_or(0) as f64).show(mb);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            held.qos,
+            held.clients,
+            rate(held),
+            rate(unheld),
+            accepted(held),
+            accepted(unheld),
+            lost(held),
+            lost(unheld),
+            rss(held),
+            rss(unheld),
+        );
+    }
+}
+
 fn render(r: &Report, elapsed_s: u64) -> String {
     let m = &r.machine;
     let mut o = String::new();
@@ -467,7 +527,7 @@ fn render(r: &Report, elapsed_s: u64) -> String {
                 arrived
                     .median()
                     .map_or("n/a".into(), |v| format!("{:.1} %", v * 100.0)),
-                if cell.target == Target::Smarthub {
+                if cell.target.is_hub() {
                     lost.median().map_or("n/a".into(), thousands)
                 } else {
                     "–".into()
@@ -528,6 +588,7 @@ fn render(r: &Report, elapsed_s: u64) -> String {
             );
         }
     }
+    backpressure_table(&mut o, r);
 
     // Latency
     if let Some(l) = &r.latency {

@@ -239,6 +239,10 @@ pub enum Target {
     Smarthub,
     Rumqttd,
     Mosquitto,
+    /// The hub without its backpressure (`[hub] ingest_pause_max_ms = 0`, `broker_nice = 0`): what the
+    /// ingest section compares the hub with to show what holding the connections back costs and saves.
+    #[serde(rename = "smarthub-unheld")]
+    SmarthubUnheld,
 }
 
 impl Target {
@@ -247,8 +251,35 @@ impl Target {
             Target::Smarthub => "smarthub",
             Target::Rumqttd => "rumqttd",
             Target::Mosquitto => "mosquitto",
+            Target::SmarthubUnheld => "smarthub-unheld",
         }
     }
+
+    /// Whether this is the hub (persisting to SQLite), in any configuration.
+    pub fn is_hub(self) -> bool {
+        matches!(self, Target::Smarthub | Target::SmarthubUnheld)
+    }
+}
+
+/// The default config with the hub's backpressure turned off (see [`Target::SmarthubUnheld`]).
+fn unheld_config() -> anyhow::Result<String> {
+    let mut text = smarthub::config::DEFAULT_CONFIG.to_owned();
+    for (from, to) in [
+        (
+            "\ningest_pause_max_ms = 500\n",
+            "\ningest_pause_max_ms = 0\n",
+        ),
+        ("\nbroker_nice = 19\n", "\nbroker_nice = 0\n"),
+    ] {
+        if !text.contains(from) {
+            bail!(
+                "broker.toml no longer has `{}`: update the bench's smarthub-unheld config",
+                from.trim()
+            );
+        }
+        text = text.replace(from, to);
+    }
+    Ok(text)
 }
 
 /// Where the programs under test are.
@@ -302,7 +333,7 @@ impl Programs {
     pub fn available(&self, target: Target) -> bool {
         self.only.contains(&target)
             && match target {
-                Target::Smarthub => true,
+                Target::Smarthub | Target::SmarthubUnheld => true,
                 Target::Rumqttd => self.rumqttd.is_some(),
                 Target::Mosquitto => self.mosquitto.is_some(),
             }
@@ -310,10 +341,15 @@ impl Programs {
 
     /// The targets to measure, in the order runs take turns.
     pub fn targets(&self) -> Vec<Target> {
-        [Target::Smarthub, Target::Rumqttd, Target::Mosquitto]
-            .into_iter()
-            .filter(|t| self.available(*t))
-            .collect()
+        [
+            Target::Smarthub,
+            Target::Rumqttd,
+            Target::Mosquitto,
+            Target::SmarthubUnheld,
+        ]
+        .into_iter()
+        .filter(|t| self.available(*t))
+        .collect()
     }
 
     /// Starts `target` on free loopback ports in a fresh directory and waits until it serves MQTT.
@@ -327,7 +363,7 @@ impl Programs {
         let mqtt = loopback(port);
         let mut http = None;
         let mut cmd = match target {
-            Target::Smarthub => {
+            Target::Smarthub | Target::SmarthubUnheld => {
                 let http_addr = loopback(free_port()?);
                 http = Some(http_addr);
                 let mut c = match self.hub_wrapper.split_first() {
@@ -347,6 +383,11 @@ impl Programs {
                     .env_remove("CONFIGURATION_DIRECTORY")
                     .env_remove("STATE_DIRECTORY")
                     .env("RUST_LOG", "warn,rumqttd=off");
+                if target == Target::SmarthubUnheld {
+                    let config = dir.join("unheld.toml");
+                    std::fs::write(&config, unheld_config()?)?;
+                    c.arg("--config").arg(&config);
+                }
                 c
             }
             Target::Rumqttd => {
@@ -423,4 +464,26 @@ pub fn raise_fd_limit() -> u64 {
         }
     }
     lim.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unheld_hub_differs_from_the_default_only_in_backpressure() {
+        let text = unheld_config().unwrap();
+        let unheld = smarthub::config::Config::parse(&text, "unheld.toml").unwrap();
+        let default = smarthub::config::Config::default_config();
+        assert_eq!(unheld.hub.ingest_pause_max_ms, 0);
+        assert_eq!(unheld.hub.broker_nice, 0);
+        assert_ne!(default.hub.ingest_pause_max_ms, 0);
+        assert_eq!(unheld.hub.ingest_backlog, default.hub.ingest_backlog);
+        let changed = text
+            .lines()
+            .zip(smarthub::config::DEFAULT_CONFIG.lines())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(changed, 2);
+    }
 }
