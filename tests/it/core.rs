@@ -848,6 +848,18 @@ fn test_config_with_pin(template: &smarthub::config::Config) -> smarthub::config
     config
 }
 
+/// A hub for the flood tests: `backlog` in flight at most, holds that give up after `pause_ms`
+/// without progress, and the smallest log `check-config` allows (2 x 64 KiB, ~2,000 readings), so that
+/// a flood overflows it.
+async fn flood_hub(backlog: u64, pause_ms: u64) -> TestHub {
+    let mut config = test_config();
+    config.hub.ingest_backlog = backlog;
+    config.hub.ingest_pause_max_ms = pause_ms;
+    config.broker.router.max_segment_size = 64 * 1024;
+    config.broker.router.max_segment_count = 2;
+    TestHub::start_in(tempfile::tempdir().unwrap(), config).await
+}
+
 /// A stalled database under a flood: the hub holds at most `[hub] ingest_backlog` messages, stops
 /// reading the broker while full, holds the connections back for `ingest_pause_max_ms` and then lets
 /// them go on, and every acknowledged reading is afterwards either stored or counted in
@@ -856,14 +868,7 @@ fn test_config_with_pin(template: &smarthub::config::Config) -> smarthub::config
 async fn ingest_backlog_is_bounded_and_overflow_is_counted() {
     const SENT: u64 = 20_000;
     const BACKLOG: u64 = 100;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config();
-    config.hub.ingest_backlog = BACKLOG;
-    config.hub.ingest_pause_max_ms = 200;
-    // The smallest log `check-config` allows (2 x 64 KiB, ~2,000 readings), so the flood overflows it.
-    config.broker.router.max_segment_size = 64 * 1024;
-    config.broker.router.max_segment_count = 2;
-    let mut hub = TestHub::start_in(dir, config).await;
+    let mut hub = flood_hub(BACKLOG, 200).await;
     let mut blocker = rusqlite::Connection::open(hub.db_path()).unwrap();
     let lock = blocker
         .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
@@ -921,13 +926,7 @@ async fn ingest_backlog_is_bounded_and_overflow_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_hub_holds_the_publishers_back_instead_of_losing_readings() {
     const SENT: u64 = 20_000;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config();
-    config.hub.ingest_backlog = 100;
-    config.hub.ingest_pause_max_ms = 30_000;
-    config.broker.router.max_segment_size = 64 * 1024;
-    config.broker.router.max_segment_count = 2;
-    let mut hub = TestHub::start_in(dir, config).await;
+    let mut hub = flood_hub(100, 30_000).await;
     let mut blocker = rusqlite::Connection::open(hub.db_path()).unwrap();
     let lock = blocker
         .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
