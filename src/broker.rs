@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -312,7 +312,6 @@ fn lower_priority(nice: u8) {
         // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
         let (tid, current) = unsafe {
             let tid = libc::gettid();
-            *libc::__errno_location() = 0;
             (
                 tid,
                 libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t),
@@ -344,7 +343,6 @@ pub struct IngestLimits {
 /// the router, the engine and the writer go on with what they already have.
 pub struct ListenerGate {
     handle: tokio::runtime::Handle,
-    held: AtomicBool,
     state: Mutex<GateState>,
     released: Condvar,
 }
@@ -359,7 +357,6 @@ impl ListenerGate {
     fn new(handle: tokio::runtime::Handle) -> ListenerGate {
         ListenerGate {
             handle,
-            held: AtomicBool::new(false),
             state: Mutex::new(GateState::default()),
             released: Condvar::new(),
         }
@@ -367,11 +364,6 @@ impl ListenerGate {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether the connections are held back now.
-    pub fn is_held(&self) -> bool {
-        self.held.load(Relaxed)
     }
 
     /// Holds every connection worker until [`release`](Self::release).
@@ -382,7 +374,6 @@ impl ListenerGate {
                 return;
             }
             state.held = true;
-            self.held.store(true, Relaxed);
         }
         // One task per worker, each blocking the thread that runs it: a worker that is held runs
         // no connection; whatever sits in its queue is stolen by the others until they are held too.
@@ -402,7 +393,6 @@ impl ListenerGate {
     pub fn release(&self) {
         let mut state = self.lock();
         state.held = false;
-        self.held.store(false, Relaxed);
         self.released.notify_all();
     }
 
@@ -422,8 +412,8 @@ impl ListenerGate {
 /// until the hub has caught up (a quarter of the backlog left, or nothing more in the broker for it):
 /// a flood the hub cannot keep up with then slows the publishers down instead of overflowing the
 /// broker's log. A hub that finishes nothing for `limits.max_pause` (a stalled disk) lets the
-/// connections go on; what then overflows the log shows up as a counted gap. Without the bound a flood the engine or SQLite
-/// cannot keep up with grows the hub's memory without limit.
+/// connections go on; what then overflows the log shows up as a counted gap. Without the bound a
+/// flood the engine or SQLite cannot keep up with grows the hub's memory without limit.
 pub fn spawn_drainer(
     mut rx: LinkRx,
     out: Sender<crate::engine::Input>,
@@ -441,7 +431,7 @@ pub fn spawn_drainer(
                     return;
                 }
                 // While the connections are held, wake up now and then to release them in time.
-                let next = if flow.gate.is_held() {
+                let next = if flow.hold.is_some() {
                     rx.recv_deadline(Instant::now() + HELD_POLL)
                 } else {
                     rx.recv()
@@ -578,10 +568,17 @@ impl Flow {
     /// `limits.max_pause` (a stalled disk): a hub that is slow but moving keeps the publishers
     /// waiting, however long it takes to work through what the broker already holds.
     fn maybe_release(&mut self, metrics: &Metrics, link_idle: bool) {
-        let low = metrics.ingest_backlog.load(Relaxed) < self.release_mark().max(1);
+        let low = || metrics.ingest_backlog.load(Relaxed) < self.release_mark().max(1);
+        // Not held (every message passes here): only whether a stalled hub has caught up again.
+        if self.hold.is_none() {
+            if !self.may_hold {
+                self.may_hold = low();
+            }
+            return;
+        }
+        let low = low();
         let finished = self.finished(metrics);
         let Some(hold) = &mut self.hold else {
-            self.may_hold |= low;
             return;
         };
         let now = Instant::now();

@@ -61,9 +61,14 @@ pub struct IngestCell {
 
 impl IngestCell {
     pub fn rates(&self) -> Runs {
+        self.series(|run| run.rate)
+    }
+
+    /// One figure of every run.
+    pub fn series(&self, pick: impl Fn(&IngestRun) -> f64) -> Runs {
         let mut r = Runs::default();
         for run in &self.runs {
-            r.push(run.rate);
+            r.push(pick(run));
         }
         r
     }

@@ -394,18 +394,13 @@ fn backpressure_table(o: &mut String, r: &Report) {
          broker's log (shipped) | lost (unheld) | peak RSS MB (shipped) | peak RSS MB (unheld) |\n\
          |---|---|---|---|---|---|---|---|---|---|"
     );
-    let series = |cell: &ingest::IngestCell, f: &dyn Fn(&ingest::IngestRun) -> f64| {
-        let mut x = Runs::default();
-        for run in &cell.runs {
-            x.push(f(run));
-        }
-        x
-    };
     for (held, unheld) in pairs {
-        let rate = |c| series(c, &|x| x.rate).show(thousands);
-        let accepted = |c| series(c, &|x| x.accepted_rate).show(thousands);
-        let lost = |c| series(c, &|x| x.hub_lost.unwrap_or(0) as f64).show(thousands);
-        let rss = |c| series(c, &|x| x.peak_rss_kib.unwrap_or(0) as f64).show(mb);
+        let rate = |c: &ingest::IngestCell| c.rates().show(thousands);
+        let accepted = |c: &ingest::IngestCell| c.series(|x| x.accepted_rate).show(thousands);
+        let lost =
+            |c: &ingest::IngestCell| c.series(|x| x.hub_lost.unwrap_or(0) as f64).show(thousands);
+        let rss =
+            |c: &ingest::IngestCell| c.series(|x| x.peak_rss_kib.unwrap_or(0) as f64).show(mb);
         let _ = writeln!(
             o,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -506,13 +501,7 @@ fn render(r: &Report, elapsed_s: u64) -> String {
             ingest::DRAIN.as_secs()
         );
         for cell in &r.ingest {
-            let s = |f: &dyn Fn(&ingest::IngestRun) -> f64| {
-                let mut x = Runs::default();
-                for run in &cell.runs {
-                    x.push(f(run));
-                }
-                x
-            };
+            let s = |f: &dyn Fn(&ingest::IngestRun) -> f64| cell.series(f);
             let arrived = s(&|x| x.arrived as f64 / x.sent.max(1) as f64);
             let lost = s(&|x| x.hub_lost.unwrap_or(0) as f64);
             let _ = writeln!(
